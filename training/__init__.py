@@ -1,0 +1,1 @@
+"""Training side of InstructUE: synthetic data, UserQA, the trainer and the evaluation."""
