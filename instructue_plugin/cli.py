@@ -1,0 +1,188 @@
+"""The `instructue` command line: the one composition root of the plugin and the training code.
+
+Library errors (`InstructUEError`) become one-line messages and exit code 1; progress bars are drawn here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .errors import InstructUEError
+
+app = typer.Typer(
+    help="InstructUE for Feast: instruction-aware user embeddings as Feast features.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(
+    help="Benchmarks; each writes reports/bench-<name>.json and prints a table.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+REPORTS = Path("reports")
+
+
+def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except InstructUEError as error:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=1) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "urllib3", "feast", "transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _parse_users(users: str) -> list[int]:
+    try:
+        return [int(u) for u in users.split(",") if u.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--users must be comma-separated integers, got {users!r}") from None
+
+
+@app.command()
+@_friendly_errors
+def synth(
+    users: Annotated[int, typer.Option(help="Number of users to generate.")],
+    out: Annotated[Path, typer.Option(help="Output data folder.")],
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    noise_rate: Annotated[float, typer.Option(help="Extra random events per signal event.")] = 0.3,
+    overwrite: Annotated[bool, typer.Option(help="Replace a previous run in --out.")] = False,
+) -> None:
+    """Generate synthetic users: raw event logs, Feast snapshot tables and labels."""
+    from training.synth import generate
+
+    summary = generate(out, users=users, seed=seed, noise_rate=noise_rate, overwrite=overwrite)
+    typer.echo(f"wrote {summary.users} users to {out}")
+
+
+@app.command()
+@_friendly_errors
+def snapshots(
+    raw: Annotated[Path, typer.Option(help="Folder of raw event logs (one sub-folder per source).")],
+    out: Annotated[Path, typer.Option(help="Output folder for the snapshot tables.")],
+    every: Annotated[str, typer.Option(help="Snapshot interval, e.g. 7d or 1d.")] = "7d",
+    max_items: Annotated[
+        int | None, typer.Option(help="Items kept per source (default: the schema's).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing snapshot tables.")] = False,
+) -> None:
+    """Turn raw event logs into the per-user snapshot tables that Feast reads."""
+    from training.snapshots import build_snapshots
+
+    written = build_snapshots(raw, out, every=every, max_items=max_items, overwrite=overwrite)
+    for source, path in written.items():
+        typer.echo(f"{source}: {path}")
+
+
+@app.command()
+@_friendly_errors
+def userqa(
+    data: Annotated[Path, typer.Option(help="Data folder (snapshots/, raw/, labels.parquet).")],
+    out: Annotated[Path, typer.Option(help="Output parquet file.")],
+    seed: Annotated[int, typer.Option(help="Seed for cut-offs and paraphrases.")] = 0,
+) -> None:
+    """Build UserQA triplets from the train users' own data."""
+    from training.userqa import build_userqa, write_userqa
+
+    triplets = build_userqa(data, seed=seed)
+    catalog = write_userqa(triplets, out)
+    counts = triplets["family"].value_counts().to_dict()
+    typer.echo(f"wrote {len(triplets)} triplets to {out} (instructions: {catalog})")
+    typer.echo(json.dumps(counts, indent=1))
+
+
+@app.command()
+@_friendly_errors
+def train(
+    data: Annotated[Path, typer.Option(help="Data folder.")],
+    out: Annotated[Path, typer.Option(help="Output model folder.")],
+    preset: Annotated[str, typer.Option(help="tiny | smol-cpu | smol | hf:<dir>")] = "smol-cpu",
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
+    loss: Annotated[str, typer.Option(help="both | contrastive | ar")] = "both",
+    batch_size: Annotated[int, typer.Option(help="Triplets per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the LoRA weights.")] = 3e-4,
+    userqa_file: Annotated[
+        Path | None, typer.Option("--userqa", help="A UserQA file (default: built).")
+    ] = None,
+    time_budget: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
+) -> None:
+    """Train InstructUE (LoRA, contrastive + autoregressive) on UserQA."""
+    from pydantic import ValidationError
+
+    from training.trainer import TrainConfig
+    from training.trainer import train as run_training
+
+    try:
+        config = TrainConfig(
+            data=data,
+            out=out,
+            preset=preset,
+            steps=steps,
+            loss=loss,
+            batch_size=batch_size,
+            lr=lr,
+            userqa=userqa_file,
+            time_budget_minutes=time_budget,
+            seed=seed,
+            resume=resume,
+        )
+    except ValidationError as error:
+        raise typer.BadParameter(str(error)) from None
+    folder = run_training(config)
+    typer.echo(f"model saved to {folder}")
+
+
+@app.command()
+@_friendly_errors
+def embed(
+    model: Annotated[Path, typer.Option(help="A trained model folder or an export folder.")],
+    data: Annotated[Path, typer.Option(help="Data folder whose snapshots are read.")],
+    users: Annotated[str, typer.Option(help="Comma-separated user ids.")],
+    instruction: Annotated[str | None, typer.Option(help="Instruction (default: general embedding).")] = None,
+    at: Annotated[str | None, typer.Option(help="Point in time (ISO); default: the latest snapshot.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write a parquet of user_id, embedding here.")] = None,
+) -> None:
+    """Embed users from a data folder's snapshot tables."""
+    import numpy as np
+    import pandas as pd
+
+    import instructue_plugin
+    from training.data import features_asof
+
+    ids = _parse_users(users)
+    when = pd.Timestamp(at, tz="UTC") if at else pd.Timestamp("2200-01-01", tz="UTC")
+    features = features_asof(data, pd.DataFrame({"user_id": ids, "event_timestamp": [when] * len(ids)}))
+    vectors = instructue_plugin.load(model).embed(features, instruction)
+    if out is not None:
+        frame = pd.DataFrame({"user_id": ids, "embedding": [v.tolist() for v in vectors]})
+        frame.to_parquet(out, index=False)
+        typer.echo(f"wrote {len(ids)} embeddings to {out}")
+        return
+    np.set_printoptions(precision=4, suppress=True)
+    for user_id, vector in zip(ids, vectors, strict=True):
+        typer.echo(f"{user_id}: {vector[:8]} ... (dim {len(vector)})")

@@ -1,0 +1,225 @@
+"""From Feast feature rows to per-user behaviour: item texts, item numeric features, the profile vector.
+
+Input is what a Feast read gives: a pandas DataFrame or a dict of lists, one row per user, with the six
+feature views' columns (`schema.feature_columns()`). Everything here is a pure function of one row, so
+online, offline and training paths featurize identically.
+
+Documented fallbacks (each logged once per process):
+- a source whose columns are all absent from the input is treated as missing for every row;
+- a null list or an empty list means the user has no items in that source: the source is omitted;
+- a numeric value that is null, NaN or infinite becomes the neutral value 0 (profile: the missing flag is set);
+- a categorical profile value outside the schema's categories goes to the "other/unknown" slot.
+Errors (`DataValidationError`): some but not all columns of a source present, list columns of one source
+with different lengths in a row, values that cannot be read as numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import DataValidationError
+from .schema import ITEM_NUMERIC_WIDTH, PROFILE, RECENCY_SCALE, SEQUENCE_SOURCES, ItemField, ProfileField
+
+logger = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args: Any) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+@dataclass
+class SourceItems:
+    """The newest items of one sequence source: texts and (n, ITEM_NUMERIC_WIDTH) numeric features."""
+
+    texts: list[str]
+    numeric: np.ndarray
+
+
+@dataclass
+class UserBehaviour:
+    """One user's featurized behaviour; sources without items are absent from `sources`."""
+
+    sources: dict[str, SourceItems] = field(default_factory=dict)
+    profile: np.ndarray | None = None  # (PROFILE.vector_width,)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the user has no item in any source and no profile (e.g. an unknown user)."""
+        return not self.sources and self.profile is None
+
+
+def num_rows(features: Any) -> int:
+    """Number of user rows in a DataFrame or dict of lists."""
+    if isinstance(features, Mapping):
+        lengths = {len(v) for v in features.values()}
+        if len(lengths) > 1:
+            raise DataValidationError(f"feature columns have different lengths: {sorted(lengths)}")
+        return lengths.pop() if lengths else 0
+    return len(features)
+
+
+def _columns(features: Any) -> set[str]:
+    return set(features.keys()) if isinstance(features, Mapping) else set(features.columns)
+
+
+def _column(features: Any, name: str) -> list[Any]:
+    values = features[name]
+    return list(values) if isinstance(features, Mapping) else values.tolist()
+
+
+def _is_null(value: Any) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _to_float(value: Any, *, column: str, row: int) -> float:
+    if _is_null(value):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataValidationError(
+            f"column {column!r}, row {row}: {value!r} is not a number; check the source's dtypes"
+        ) from None
+
+
+def _scale(raw: float, spec: ItemField | ProfileField) -> float:
+    value = math.log1p(max(raw, 0.0)) if spec.transform == "log1p" else raw
+    return (value - spec.center) / spec.scale
+
+
+def _source_columns(features: Any, names: Sequence[str], source: str) -> bool:
+    """Whether a source's columns are present (all) or absent (none); raise if only some are."""
+    present = _columns(features)
+    found = [n for n in names if n in present]
+    if not found:
+        _warn_once(f"absent:{source}", "no columns of source %r in the input: treated as missing", source)
+        return False
+    if len(found) != len(names):
+        missing = [n for n in names if n not in present]
+        raise DataValidationError(
+            f"source {source!r} lacks columns {missing} (has {found}); request all of them"
+        )
+    return True
+
+
+def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour]:
+    """Turn Feast feature rows into one `UserBehaviour` per row.
+
+    Args:
+        features: DataFrame or dict of lists with the six views' columns, one row per user.
+        max_items_per_source: newest items kept per sequence source.
+
+    Returns:
+        One `UserBehaviour` per input row, in order.
+
+    Raises:
+        DataValidationError: partially present sources, ragged lists, non-numeric numeric values.
+    """
+    rows = num_rows(features)
+    users = [UserBehaviour() for _ in range(rows)]
+    nonfinite = 0
+    # Newest item time over all sources of a row: recency is measured from it, so it depends on the row only.
+    newest = np.full(rows, -np.inf)
+    raw: dict[str, list[tuple[list[Any], dict[str, list[Any]]]]] = {}
+    for source in SEQUENCE_SOURCES:
+        if not _source_columns(features, source.feature_columns, source.name):
+            continue
+        ts_values = _column(features, source.ts_column)
+        field_values = {f.name: _column(features, source.column(f.name)) for f in source.fields}
+        per_row = []
+        for row in range(rows):
+            ts = ts_values[row]
+            if ts is None or len(ts) == 0:
+                per_row.append(([], {}))
+                continue
+            ts = [_to_float(t, column=source.ts_column, row=row) for t in ts]
+            values = {}
+            for f in source.fields:
+                cell = field_values[f.name][row]
+                if cell is None or len(cell) != len(ts):
+                    got = "null" if cell is None else len(cell)
+                    raise DataValidationError(
+                        f"row {row}: column {source.column(f.name)!r} has {got} items but "
+                        f"{source.ts_column!r} has {len(ts)}; list columns of a source must align"
+                    )
+                values[f.name] = list(cell)
+            finite_ts = [t for t in ts if math.isfinite(t)]
+            if finite_ts:
+                newest[row] = max(newest[row], max(finite_ts))
+            per_row.append((ts, values))
+        raw[source.name] = per_row
+
+    for source in SEQUENCE_SOURCES:
+        if source.name not in raw:
+            continue
+        for row, (ts, values) in enumerate(raw[source.name]):
+            if not ts:
+                continue
+            order = sorted(range(len(ts)), key=lambda i: ts[i] if math.isfinite(ts[i]) else -math.inf)
+            order = order[-max_items_per_source:]  # newest last, keep the newest
+            texts = [source.item_text([_text(values[f.name][i]) for f in source.text_fields]) for i in order]
+            numeric = np.zeros((len(order), ITEM_NUMERIC_WIDTH), dtype=np.float32)
+            for j, spec in enumerate(source.numeric_fields):
+                for k, i in enumerate(order):
+                    value = _to_float(values[spec.name][i], column=source.column(spec.name), row=row)
+                    if math.isfinite(value):
+                        numeric[k, j] = _scale(value, spec)
+                    else:
+                        nonfinite += 1
+            for k, i in enumerate(order):
+                age_days = (newest[row] - ts[i]) / 86400.0 if math.isfinite(ts[i]) else 0.0
+                numeric[k, -1] = math.log1p(max(age_days, 0.0)) / RECENCY_SCALE
+            users[row].sources[source.name] = SourceItems(texts=texts, numeric=numeric)
+
+    if _source_columns(features, PROFILE.feature_columns, PROFILE.name):
+        columns = {f.name: _column(features, PROFILE.column(f.name)) for f in PROFILE.fields}
+        for row in range(rows):
+            cells = [columns[f.name][row] for f in PROFILE.fields]
+            if all(_is_null(c) for c in cells):
+                continue
+            vector, bad = _profile_vector(cells, row)
+            nonfinite += bad
+            users[row].profile = vector
+    if nonfinite:
+        _warn_once(
+            "nonfinite",
+            "null/NaN/inf numeric values replaced by the neutral value 0 (%d in this call)",
+            nonfinite,
+        )
+    return users
+
+
+def _text(value: Any) -> str:
+    return "" if _is_null(value) else str(value)
+
+
+def _profile_vector(cells: list[Any], row: int) -> tuple[np.ndarray, int]:
+    """The normalized profile vector of one row and the number of unusable numeric values in it."""
+    vector = np.zeros(PROFILE.vector_width, dtype=np.float32)
+    offset = 0
+    bad = 0
+    for spec, cell in zip(PROFILE.fields, cells, strict=True):
+        if spec.kind == "numeric":
+            value = _to_float(cell, column=PROFILE.column(spec.name), row=row)
+            if math.isfinite(value):
+                vector[offset] = _scale(value, spec)
+            else:
+                vector[offset + 1] = 1.0  # missing flag
+                bad += 0 if _is_null(cell) else 1
+        else:
+            text = _text(cell)
+            slot = spec.categories.index(text) if text in spec.categories else len(spec.categories)
+            vector[offset + slot] = 1.0
+        offset += spec.width
+    return vector, bad

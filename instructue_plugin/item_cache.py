@@ -1,0 +1,100 @@
+"""Item vectors cached per distinct item text.
+
+Item texts are identities (merchant and category, program and action, path, query), so they repeat across
+users and each distinct text is encoded once. The cache is saved next to a model or export and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CACHE_VECTORS_FILE = "item_cache.npy"
+CACHE_TEXTS_FILE = "item_cache.json"
+
+
+class ItemVectorCache:
+    """A thread-safe map from item text to its (D,) float32 vector, growing as new texts are seen.
+
+    Beyond `max_entries` texts, new texts are still encoded but no longer kept (logged once), so memory stays
+    bounded under an unbounded stream of unseen items (free-text search queries, say).
+    """
+
+    def __init__(self, *, dim: int, max_entries: int = 2_000_000) -> None:
+        self.dim = dim
+        self.max_entries = max_entries
+        self._index: dict[str, int] = {}
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self._lock = threading.Lock()
+        self._warned_full = False
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, text: str) -> bool:
+        return text in self._index
+
+    def lookup(self, texts: list[str], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """Vectors (N, D) for `texts`, calling `encode` once for the distinct texts not cached yet."""
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._index))
+        fresh: dict[str, np.ndarray] = {}
+        if missing:
+            encoded = np.asarray(encode(missing), dtype=np.float32)
+            fresh = dict(zip(missing, encoded, strict=True))
+            self.add(missing, encoded)
+        with self._lock:
+            out = np.zeros((len(texts), self.dim), dtype=np.float32)
+            for i, text in enumerate(texts):
+                row = self._index.get(text)
+                out[i] = self._vectors[row] if row is not None else fresh[text]
+        return out
+
+    def add(self, texts: list[str], vectors: np.ndarray) -> None:
+        """Insert (or keep) vectors for texts, up to `max_entries`."""
+        with self._lock:
+            new = [(t, v) for t, v in zip(texts, vectors, strict=True) if t not in self._index]
+            room = self.max_entries - len(self._index)
+            if len(new) > room:
+                if not self._warned_full:
+                    self._warned_full = True
+                    logger.warning(
+                        "item cache full at %d texts: further new items are encoded each time",
+                        self.max_entries,
+                    )
+                new = new[: max(room, 0)]
+            if not new:
+                return
+            start = len(self._index)
+            for offset, (text, _) in enumerate(new):
+                self._index[text] = start + offset
+            self._vectors = np.concatenate([self._vectors, np.stack([v for _, v in new]).astype(np.float32)])
+
+    def save(self, folder: Path) -> None:
+        """Write the cache into `folder` (vectors as .npy, texts as JSON)."""
+        with self._lock:
+            np.save(folder / CACHE_VECTORS_FILE, self._vectors)
+            (folder / CACHE_TEXTS_FILE).write_text(json.dumps(list(self._index)))
+
+    @classmethod
+    def load(cls, folder: Path, *, dim: int) -> ItemVectorCache:
+        """Read a cache written by `save`; an absent cache gives an empty one."""
+        cache = cls(dim=dim)
+        if not (folder / CACHE_VECTORS_FILE).exists():
+            return cache
+        vectors = np.load(folder / CACHE_VECTORS_FILE, allow_pickle=False)
+        texts = json.loads((folder / CACHE_TEXTS_FILE).read_text())
+        if vectors.shape != (len(texts), dim):
+            logger.warning(
+                "item cache in %s has shape %s for %d texts: ignored", folder, vectors.shape, len(texts)
+            )
+            return cache
+        cache.add(texts, vectors)
+        return cache

@@ -1,0 +1,195 @@
+"""The InstructUE model on the `tiny` preset: read-out, padding, save/load, instructions, item cache."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import instructue_plugin
+from instructue_plugin.config import USER_TOKEN, config_for_preset
+from instructue_plugin.embedder import TorchEmbedder
+from instructue_plugin.errors import (
+    CorruptModelError,
+    DataValidationError,
+    ModelNotFoundError,
+    SchemaMismatchError,
+)
+from instructue_plugin.featurize import featurize
+from instructue_plugin.model import InstructUEModel
+from tests.helpers import feature_rows, select_rows
+
+FUND = "Represent this user for predicting fund purchases in the next 30 days."
+CHURN = "Represent this user for predicting churn in the next 30 days."
+
+
+@pytest.fixture(scope="module")
+def model() -> InstructUEModel:
+    return InstructUEModel.create(config_for_preset("tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def embedder(model) -> TorchEmbedder:
+    return TorchEmbedder(model)
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, list]:
+    # Row 1 lacks two sources, row 3 lacks its profile: lengths differ, so batches need padding.
+    return feature_rows(6, seed=1, missing={1: ["bill", "search"], 3: ["profile"]})
+
+
+def test_user_token_sits_at_the_read_out_position_with_both_paddings(model, rows):
+    users = featurize(rows, max_items_per_source=model.config.max_items_per_source)
+    user_id = model.llm_tokenizer.token_to_id(USER_TOKEN)
+    for side in ("right", "left"):
+        model.builder.config = model.config.model_copy(update={"padding_side": side})
+        inputs = model.builder.build(users, [FUND, "", CHURN, FUND, "", CHURN])
+        picked = inputs.input_ids[np.arange(len(users)), inputs.user_position]
+        assert (picked == user_id).all(), side
+        lengths = inputs.attention_mask.sum(1)
+        assert len(set(lengths.tolist())) > 1, "the batch must actually be padded"
+    model.builder.config = model.config
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padding_does_not_change_a_users_embedding(model, rows, side):
+    config = model.config.model_copy(update={"padding_side": side})
+    model.builder.config = config
+    try:
+        embedder = TorchEmbedder(model)
+        batched = embedder.embed(rows, FUND)
+        for row in range(len(batched)):
+            alone = embedder.embed(select_rows(rows, [row]), FUND)
+            np.testing.assert_allclose(alone[0], batched[row], atol=2e-5)
+    finally:
+        model.builder.config = model.config
+
+
+def test_missing_sources_are_omitted_not_zero_filled(model, rows):
+    users = featurize(rows, max_items_per_source=model.config.max_items_per_source)
+    assert set(users[1].sources) == {"miniprogram", "page_path", "app"}
+    inputs = model.builder.build([users[1]], [""])
+    bill_open = model.llm_tokenizer.token_to_id("<bill>")
+    search_open = model.llm_tokenizer.token_to_id("<search>")
+    assert bill_open not in inputs.input_ids[0] and search_open not in inputs.input_ids[0]
+    assert users[3].profile is None
+
+
+def test_embeddings_are_normalized_float32_and_deterministic(embedder, rows):
+    first = embedder.embed(rows, FUND)
+    second = embedder.embed(rows, FUND)
+    assert first.dtype == np.float32 and first.shape == (6, embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(first, second)
+
+
+def test_instruction_changes_the_embedding(embedder, rows):
+    fund = embedder.embed(rows, FUND)
+    churn = embedder.embed(rows, CHURN)
+    general = embedder.embed(rows)
+    assert np.abs(fund - churn).max() > 1e-3
+    assert np.abs(fund - general).max() > 1e-3
+    per_row = embedder.embed(rows, [FUND, CHURN, FUND, CHURN, FUND, CHURN])
+    np.testing.assert_allclose(per_row[0], fund[0], atol=2e-5)
+    np.testing.assert_allclose(per_row[1], churn[1], atol=2e-5)
+
+
+def test_item_cache_matches_direct_encoding(model, rows):
+    users = featurize(rows, max_items_per_source=model.config.max_items_per_source)
+    texts = sorted({t for u in users for items in u.sources.values() for t in items.texts})
+    direct = model.encode_items(texts)
+    cached_first = model.item_vectors(texts)
+    cached_again = model.item_vectors(list(reversed(texts)))
+    np.testing.assert_allclose(cached_first, direct, atol=1e-6)
+    np.testing.assert_allclose(cached_again, direct[::-1], atol=1e-6)
+    assert all(t in model.item_cache for t in texts)
+
+
+def test_save_then_load_gives_bit_identical_embeddings(model, embedder, rows, tmp_path):
+    model.save_pretrained(tmp_path / "model")
+    loaded = instructue_plugin.load(tmp_path / "model")
+    assert np.array_equal(loaded.embed(rows, FUND), embedder.embed(rows, FUND))
+    assert np.array_equal(loaded.embed(rows), embedder.embed(rows))
+
+
+def test_loading_refuses_other_schema_and_damaged_folders(model, tmp_path):
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["schema_hash"] = "0000000000000000"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SchemaMismatchError, match="retrain"):
+        InstructUEModel.from_pretrained(folder)
+    model.save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CorruptModelError, match="model.safetensors"):
+        InstructUEModel.from_pretrained(folder)
+    with pytest.raises(ModelNotFoundError, match="INSTRUCTUE_MODEL"):
+        instructue_plugin.load(tmp_path / "nowhere")
+
+
+def test_unknown_user_gets_nan_row_without_failing_others(embedder, rows):
+    unknown = feature_rows(
+        1, seed=5, missing={0: ["bill", "miniprogram", "page_path", "app", "search", "profile"]}
+    )
+    mixed = {name: rows[name][:2] + unknown[name] for name in rows}
+    out = embedder.embed(mixed, FUND)
+    assert np.isnan(out[2]).all()
+    np.testing.assert_allclose(out[:2], embedder.embed(select_rows(rows, [0, 1]), FUND), atol=2e-5)
+
+
+def test_non_finite_numbers_are_neutralized(embedder, rows):
+    broken = {name: [list(v) if isinstance(v, list) else v for v in values] for name, values in rows.items()}
+    broken["bill_amount"][0][0] = math.nan
+    broken["app_minutes"][0][0] = math.inf
+    broken["profile_age"][0] = math.nan
+    out = embedder.embed(broken, FUND)
+    assert np.isfinite(out).all()
+
+
+def test_bad_rows_raise_clear_errors(embedder, rows):
+    ragged = {name: list(values) for name, values in rows.items()}
+    ragged["bill_amount"] = [None if v is None else list(v) for v in rows["bill_amount"]]
+    ragged["bill_amount"][0] = ragged["bill_amount"][0] + [1.0]
+    with pytest.raises(DataValidationError, match="bill_amount"):
+        embedder.embed(ragged)
+    wrong_type = {name: list(values) for name, values in rows.items()}
+    wrong_type["profile_age"] = ["old"] * 6
+    with pytest.raises(DataValidationError, match="profile_age"):
+        embedder.embed(wrong_type)
+    partial = {name: values for name, values in rows.items() if name != "app_minutes"}
+    with pytest.raises(DataValidationError, match="app_minutes"):
+        embedder.embed(partial)
+    with pytest.raises(DataValidationError, match="instructions"):
+        embedder.embed(rows, [FUND, CHURN])
+
+
+def test_overlong_instruction_is_cut_to_the_token_budget(embedder, model, rows):
+    long_instruction = "Represent this user for fund marketing. " * 250  # 10,000 characters
+    tokens = model.llm_tokenizer.encode(long_instruction, add_special_tokens=False).ids
+    prefix = model.llm_tokenizer.decode(tokens[: model.config.max_instruction_tokens])
+    assert len(long_instruction) == 10_000
+    np.testing.assert_allclose(
+        embedder.embed(rows, long_instruction), embedder.embed(rows, prefix), atol=2e-5
+    )
+
+
+def test_answer_generates_text(model, rows):
+    text = model.answer(select_rows(rows, [0]), "What does this user spend on?", max_new_tokens=5)
+    assert isinstance(text, str)
+    with pytest.raises(ValueError, match="one feature row"):
+        model.answer(select_rows(rows, [0, 1]), "?")
+
+
+def test_item_encoder_gradients_are_off_and_lora_is_on(model):
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("item_encoder.") for n in trainable)
+    assert any("lora_A" in n for n in trainable)
+    assert {"head.weight", "special_embeddings.weight"} <= trainable
+    base = [n for n in trainable if n.startswith("llm.") and "lora_" not in n]
+    assert base == []
+    assert torch.is_grad_enabled()

@@ -1,0 +1,96 @@
+"""Reading a data folder (`snapshots/`, `raw/`, `labels.parquet`) for training and evaluation.
+
+`features_asof` gives, for (user, time) pairs, the latest snapshot row at or before that time in each of the
+six sources: the same point-in-time rule as Feast's `get_historical_features`, without a registry, so the
+trainer and the evaluation read exactly what a Feast offline read would return.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from instructue_plugin.errors import DataValidationError
+from instructue_plugin.schema import ENTITY_KEY, PROFILE, SEQUENCE_SOURCES, TIMESTAMP_COLUMN
+
+SNAPSHOTS = "snapshots"
+RAW = "raw"
+LABELS = "labels.parquet"
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataValidationError(f"{what} not found at {path}; generate data with `instructue synth` first")
+    return path
+
+
+def read_labels(data_dir: Path) -> pd.DataFrame:
+    """The labels table (user_id, split, cutoff, tasks, oracles)."""
+    return pd.read_parquet(_require(Path(data_dir) / LABELS, "labels.parquet"))
+
+
+def features_asof(data_dir: Path, entities: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time feature rows for `entities` (`user_id`, `event_timestamp`), in the entities' order.
+
+    Returns the entity columns followed by every feature column of the six sources (null where a user has
+    no snapshot at or before the time).
+    """
+    snapshots = _require(Path(data_dir) / SNAPSHOTS, "snapshots folder")
+    frame = entities[[ENTITY_KEY, TIMESTAMP_COLUMN]].copy()
+    frame[TIMESTAMP_COLUMN] = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
+    frame["_row"] = range(len(frame))
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("entities", frame)
+    selects, joins = [], []
+    for i, (name, columns) in enumerate(
+        [(s.name, s.feature_columns) for s in SEQUENCE_SOURCES] + [(PROFILE.name, PROFILE.feature_columns)]
+    ):
+        path = _require(snapshots / f"{name}.parquet", f"snapshot table {name!r}")
+        selects += [f's{i}."{c}"' for c in columns]
+        joins.append(
+            f"ASOF LEFT JOIN read_parquet('{path}') s{i} ON e.{ENTITY_KEY} = s{i}.{ENTITY_KEY} "
+            f"AND e.{TIMESTAMP_COLUMN} >= s{i}.{TIMESTAMP_COLUMN}"
+        )
+    query = (
+        f"SELECT e._row, e.{ENTITY_KEY}, e.{TIMESTAMP_COLUMN}, {', '.join(selects)} "
+        f"FROM entities e {' '.join(joins)} ORDER BY e._row"
+    )
+    result = con.execute(query).df().drop(columns="_row")
+    con.close()
+    return result.reset_index(drop=True)
+
+
+def raw_events(data_dir: Path, source: str, *, user_ids: list[int] | None = None) -> pd.DataFrame:
+    """Raw events of one sequence source (optionally only some users), sorted by user and time."""
+    folder = _require(Path(data_dir) / RAW / source, f"raw logs of {source!r}")
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    where = ""
+    if user_ids is not None:
+        con.register("wanted", pd.DataFrame({ENTITY_KEY: list(user_ids)}))
+        where = f"WHERE {ENTITY_KEY} IN (SELECT {ENTITY_KEY} FROM wanted)"
+    query = (
+        f"SELECT * FROM read_parquet('{folder}/*.parquet') {where} ORDER BY {ENTITY_KEY}, {TIMESTAMP_COLUMN}"
+    )
+    events = con.execute(query).df()
+    con.close()
+    return events
+
+
+def last_event_time(data_dir: Path) -> pd.Timestamp:
+    """Time of the newest raw event over the five sequence sources."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    newest = []
+    for source in SEQUENCE_SOURCES:
+        folder = _require(Path(data_dir) / RAW / source.name, f"raw logs of {source.name!r}")
+        newest.append(
+            con.execute(f"SELECT max({TIMESTAMP_COLUMN}) FROM read_parquet('{folder}/*.parquet')").fetchone()[
+                0
+            ]
+        )
+    con.close()
+    return pd.Timestamp(max(t for t in newest if t is not None)).tz_convert("UTC")

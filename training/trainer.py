@@ -1,0 +1,298 @@
+"""Training InstructUE on UserQA: L = L_ar + alpha * L_cl, LoRA on the LLM.
+
+Reads top to bottom: the config, the data (UserQA triplets and their users' featurized snapshots), the
+model, the LR schedule, the loop, checkpoints. Batches are drawn by a generator seeded with (seed, step,
+process), so `--resume` continues exactly where a run stopped. Runs under `accelerate launch` on several
+GPUs unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator
+from torch import nn
+from tqdm.auto import tqdm
+
+from instructue_plugin.config import config_for_preset
+from instructue_plugin.errors import ConfigError, DataValidationError
+from instructue_plugin.featurize import UserBehaviour, featurize
+from instructue_plugin.model import InstructUEModel
+from instructue_plugin.schema import ENTITY_KEY, TIMESTAMP_COLUMN
+
+from .data import features_asof
+from .losses import answer_cross_entropy, false_negative_mask, info_nce
+from .userqa import build_userqa, write_userqa
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "trainer_state.pt"
+LOSSES_CSV = "losses.csv"
+LOSSES_PNG = "losses.png"
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run depends on (saved as `train_config.json` beside the model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path
+    out: Path
+    preset: str = "smol-cpu"
+    userqa: Path | None = None  # a UserQA file; None builds one from `data` into `out/userqa.parquet`
+    steps: int = 1000
+    batch_size: int = 16  # in-batch negatives grow with it
+    lr: float = 3e-4  # LoRA weights
+    new_params_lr: float = 1e-3  # adapters, special tokens and head start from scratch: a larger step
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    grad_clip: float = 1.0
+    loss: Literal["both", "contrastive", "ar"] = "both"
+    alpha: float = 1.0  # weight of the contrastive loss
+    temperature: float = 0.07  # InfoNCE temperature (DESIGN: 0.05-0.1)
+    false_negative_threshold: float = 0.9  # answers this similar (word Jaccard) are not negatives
+    time_budget_minutes: float | None = None  # stop early (and save) after this long
+    checkpoint_every: int = 100
+    seed: int = 0
+    resume: bool = False
+
+    @field_validator("steps", "batch_size", "checkpoint_every")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}")
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _two_for_negatives(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError("batch_size must be >= 2 (in-batch negatives)")
+        return value
+
+
+class TrainingStep(nn.Module):
+    """One forward pass computing both losses (a module, so that DDP syncs its gradients)."""
+
+    def __init__(self, model: InstructUEModel, config: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def forward(
+        self,
+        user_inputs: dict[str, torch.Tensor],
+        labels: torch.Tensor | None,
+        answer_ids: torch.Tensor | None,
+        answer_mask: torch.Tensor | None,
+        false_negatives: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        inputs = dict(user_inputs)
+        user_position = inputs.pop("user_position")
+        hidden = self.model.user_hidden(**inputs)  # (B, L, H)
+        zero = hidden.new_zeros(())
+        losses = {"ar": zero, "cl": zero}
+        if labels is not None:
+            logits, targets = self.model.answer_logits(hidden, labels)
+            losses["ar"] = answer_cross_entropy(logits, targets)
+        if answer_ids is not None:
+            user = self.model.project(hidden[torch.arange(hidden.shape[0]), user_position])  # (B, E)
+            answer = self.model.answer_embedding(answer_ids, answer_mask)  # (B, E)
+            losses["cl"] = info_nce(
+                user, answer, temperature=self.config.temperature, false_negatives=false_negatives
+            )
+        losses["loss"] = losses["ar"] + self.config.alpha * losses["cl"]
+        return losses
+
+
+def lr_factor(step: int, *, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def load_training_users(
+    data_dir: Path, triplets: pd.DataFrame, *, max_items_per_source: int
+) -> dict[tuple[int, pd.Timestamp], UserBehaviour]:
+    """Featurized snapshot rows of every (user, cut-off) that the triplets mention."""
+    entities = triplets[[ENTITY_KEY, "cutoff"]].drop_duplicates().rename(columns={"cutoff": TIMESTAMP_COLUMN})
+    rows = features_asof(data_dir, entities)
+    users = featurize(rows, max_items_per_source=max_items_per_source)
+    times = pd.to_datetime(rows[TIMESTAMP_COLUMN], utc=True)
+    return {(int(u), t): b for u, t, b in zip(rows[ENTITY_KEY], times, users, strict=True)}
+
+
+def _plot_losses(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for column, label in (("loss", "total"), ("ar", "autoregressive"), ("cl", "contrastive")):
+        if column in frame and frame[column].abs().sum() > 0:
+            ax.plot(frame["step"], frame[column].rolling(10, min_periods=1).mean(), label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (rolling mean of 10 steps)")
+    ax.set_title("InstructUE training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> Path:
+    """Train a model and save it to `config.out`; returns the output folder.
+
+    Raises:
+        ConfigError: the output folder holds another run and `resume` is off.
+        DataValidationError: no usable UserQA triplets.
+    """
+    from accelerate import Accelerator
+
+    out = Path(config.out)
+    checkpoint_path = out / "checkpoint" / CHECKPOINT_FILE
+    if out.exists() and any(out.iterdir()) and not config.resume:
+        raise ConfigError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+    if config.resume and not checkpoint_path.exists():
+        raise ConfigError(f"--resume given but {checkpoint_path} does not exist")
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision="bf16" if torch.cuda.is_available() else "no"
+    )
+
+    # ----- data -----
+    userqa_path = Path(config.userqa) if config.userqa else out / "userqa.parquet"
+    if not userqa_path.exists():
+        triplets = build_userqa(config.data, seed=config.seed, progress=progress)
+        if accelerator.is_main_process:
+            write_userqa(triplets, userqa_path)
+    triplets = pd.read_parquet(userqa_path)
+    if triplets.empty:
+        raise DataValidationError(f"{userqa_path} holds no UserQA triplets")
+    triplets["cutoff"] = pd.to_datetime(triplets["cutoff"], utc=True)
+    if config.loss == "ar":
+        triplets = triplets[triplets["instruction"] != ""].reset_index(drop=True)
+
+    # ----- model -----
+    model_config = config_for_preset(config.preset, seed=config.seed)
+    model = InstructUEModel.create(model_config)
+    users = load_training_users(config.data, triplets, max_items_per_source=model_config.max_items_per_source)
+    texts = sorted({t for u in users.values() for items in u.sources.values() for t in items.texts})
+    logger.info("encoding %d distinct item texts once", len(texts))
+    model.item_cache.add(texts, model.encode_items(texts))
+    model.train()
+    model.item_encoder.eval()
+
+    trainable_new = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("llm.")]
+    trainable_lora = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("llm.")]
+    optimizer = torch.optim.AdamW(
+        [{"params": trainable_lora, "lr": config.lr}, {"params": trainable_new, "lr": config.new_params_lr}],
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup=config.warmup_steps, total=config.steps)
+    )
+    step_module = TrainingStep(model, config)
+    step_module, optimizer, scheduler = accelerator.prepare(step_module, optimizer, scheduler)
+
+    start_step, history = 0, []
+    if config.resume:
+        state = torch.load(checkpoint_path, weights_only=False)
+        model.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step, history = state["step"], state["history"]
+        logger.info("resumed at step %d", start_step)
+
+    def save_checkpoint(step: int) -> None:
+        if not accelerator.is_main_process:
+            return
+        checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        state = {
+            "step": step,
+            "trainable": trainable,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": history,
+        }
+        torch.save(state, checkpoint_path.with_suffix(".tmp"))
+        checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)  # never a half-written checkpoint
+
+    # ----- loop -----
+    keys = list(zip(triplets[ENTITY_KEY].astype(int), triplets["cutoff"], strict=True))
+    use_ar, use_cl = config.loss in ("both", "ar"), config.loss in ("both", "contrastive")
+    started = time.monotonic()
+    bar = tqdm(
+        range(start_step, config.steps),
+        initial=start_step,
+        total=config.steps,
+        desc="train",
+        disable=not (progress and accelerator.is_main_process),
+    )
+    step = start_step
+    for step in bar:
+        rng = np.random.default_rng([config.seed, step, accelerator.process_index])
+        picked = rng.choice(len(triplets), size=min(config.batch_size, len(triplets)), replace=False)
+        batch = triplets.iloc[picked]
+        behaviours = [users[keys[i]] for i in picked]
+        answers = batch["answer"].tolist()
+        inputs = model.builder.build(behaviours, batch["instruction"].tolist(), answers if use_ar else None)
+        tensors = {k: v.to(accelerator.device) for k, v in model.tensors(inputs).items()}
+        labels = torch.from_numpy(inputs.labels).to(accelerator.device) if use_ar else None
+        answer_ids = answer_mask = false_negatives = None
+        if use_cl:
+            ids, mask = model.builder.build_answers(answers)
+            answer_ids = torch.from_numpy(ids).to(accelerator.device)
+            answer_mask = torch.from_numpy(mask).to(accelerator.device)
+            fn = false_negative_mask(answers, threshold=config.false_negative_threshold)
+            false_negatives = torch.from_numpy(fn).to(accelerator.device)
+
+        with accelerator.autocast():
+            losses = step_module(tensors, labels, answer_ids, answer_mask, false_negatives)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(losses["loss"])
+        accelerator.clip_grad_norm_([*trainable_lora, *trainable_new], config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+
+        record = {k: float(v) for k, v in losses.items()}
+        record.update(step=step + 1, lr=scheduler.get_last_lr()[0], seconds=time.monotonic() - started)
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", ar=f"{record['ar']:.3f}", cl=f"{record['cl']:.3f}")
+        if (step + 1) % config.checkpoint_every == 0:
+            save_checkpoint(step + 1)
+        if config.time_budget_minutes and time.monotonic() - started > config.time_budget_minutes * 60:
+            logger.info("time budget of %.1f min reached at step %d", config.time_budget_minutes, step + 1)
+            break
+    bar.close()
+
+    # ----- save -----
+    if accelerator.is_main_process:
+        save_checkpoint(history[-1]["step"] if history else start_step)
+        model.eval()
+        model.save_pretrained(out)
+        (out / "train_config.json").write_text(config.model_dump_json(indent=2))
+        with open(out / LOSSES_CSV, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["step", "loss", "ar", "cl", "lr", "seconds"])
+            writer.writeheader()
+            writer.writerows(history)
+        _plot_losses(history, out / LOSSES_PNG)
+        summary = {"steps": len(history), "final": history[-1] if history else None}
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return out
