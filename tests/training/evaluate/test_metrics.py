@@ -1,0 +1,53 @@
+"""Probe and metric code against scikit-learn and hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from training.evaluate.metrics import binary_probe, ks_statistic, ranking_probe, recall_at_k
+
+
+def test_binary_probe_reproduces_scikit_learns_own_auc():
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(200, 5))
+    labels = (features[:, 0] + 0.8 * rng.normal(size=200) > 0).astype(int)
+    reference = cross_val_predict(
+        make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+        features,
+        labels,
+        cv=StratifiedKFold(n_splits=5, shuffle=True, random_state=0),
+        method="predict_proba",
+    )[:, 1]
+    got = binary_probe(features, labels)
+    assert got["auc"] == pytest.approx(roc_auc_score(labels, reference), abs=1e-12)
+    assert 0.7 < got["auc"] < 1.0
+
+
+def test_ks_equals_hand_computed_value():
+    # Positives' scores {0.35, 0.8}, negatives' {0.1, 0.4}: above 0.8 half the positives and no negative pass,
+    # so the largest CDF gap is 0.5.
+    assert ks_statistic(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.5)
+    assert ks_statistic(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == pytest.approx(1.0)
+
+
+def test_recall_at_k_on_a_hand_case():
+    ranked = np.array([["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "c", "b"]], dtype=object)
+    truth = np.array(["b", "a", "c", "b"], dtype=object)
+    assert recall_at_k(truth, ranked, 1) == pytest.approx(1 / 4)
+    assert recall_at_k(truth, ranked, 2) == pytest.approx(2 / 4)
+    assert recall_at_k(truth, ranked, 3) == pytest.approx(4 / 4)
+
+
+def test_ranking_probe_learns_a_separable_multiclass_task():
+    rng = np.random.default_rng(0)
+    labels = rng.choice(["x", "y", "z", "w"], size=300)
+    centers = {"x": [3, 0], "y": [0, 3], "z": [-3, 0], "w": [0, -3]}
+    features = np.array([centers[label] for label in labels]) + rng.normal(size=(300, 2))
+    assert ranking_probe(features, labels, k=1)["recall_at_k"] > 0.85
+    assert ranking_probe(features, labels, k=4)["recall_at_k"] == pytest.approx(1.0)

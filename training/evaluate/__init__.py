@@ -1,0 +1,1 @@
+"""Evaluation of frozen user embeddings: probes, baselines, noise robustness, instruction awareness, reports."""
