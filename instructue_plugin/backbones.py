@@ -40,9 +40,7 @@ def package_dir(module_name: str) -> Path:
     """The folder of an installed data package, found without importing it (importing some fails)."""
     spec = importlib.util.find_spec(module_name)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingPackageError(
-            f"the package {module_name!r} is not installed; install it with: {INSTALL_HINT}"
-        )
+        raise MissingPackageError(f"the package {module_name!r} is not installed; install it with: {INSTALL_HINT}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -78,9 +76,7 @@ def minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 folder inside its package."""
     folder = package_dir(MINILM_PACKAGE) / "model"
     if not (folder / "model.safetensors").exists():
-        raise MissingPackageError(
-            f"{folder / 'model.safetensors'} is missing; reinstall with: {INSTALL_HINT}"
-        )
+        raise MissingPackageError(f"{folder / 'model.safetensors'} is missing; reinstall with: {INSTALL_HINT}")
     return folder
 
 
@@ -133,6 +129,9 @@ def tiny_llm_config(config: ModelConfig, *, vocab_size: int) -> dict[str, Any]:
         "num_key_value_heads": 2,
         "max_position_embeddings": 2048,
         "tie_word_embeddings": True,
+        # 1/sqrt(hidden) rather than 0.02: at 0.02 a random 64-wide model barely mixes tokens and its tied LM
+        # head stays near uniform, so even overfitting a batch would stall.
+        "initializer_range": hidden**-0.5,
         "bos_token_id": 1,
         "eos_token_id": 2,
         "pad_token_id": 2,
@@ -168,9 +167,7 @@ def load_item_encoder(config: ModelConfig) -> tuple[Any, Tokenizer]:
     folder = minilm_dir()
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     if config.item_encoder == "tiny":
-        return build_item_encoder(
-            tiny_item_encoder_config(tokenizer.get_vocab_size()), seed=config.seed
-        ), tokenizer
+        return build_item_encoder(tiny_item_encoder_config(tokenizer.get_vocab_size()), seed=config.seed), tokenizer
     return BertModel.from_pretrained(folder).eval(), tokenizer
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -107,9 +108,7 @@ class TrainingStep(nn.Module):
         if answer_ids is not None:
             user = self.model.project(hidden[torch.arange(hidden.shape[0]), user_position])  # (B, E)
             answer = self.model.answer_embedding(answer_ids, answer_mask)  # (B, E)
-            losses["cl"] = info_nce(
-                user, answer, temperature=self.config.temperature, false_negatives=false_negatives
-            )
+            losses["cl"] = info_nce(user, answer, temperature=self.config.temperature, false_negatives=false_negatives)
         losses["loss"] = losses["ar"] + self.config.alpha * losses["cl"]
         return losses
 
@@ -153,8 +152,11 @@ def _plot_losses(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def train(config: TrainConfig, *, progress: bool = True) -> Path:
+def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int], None] | None = None) -> Path:
     """Train a model and save it to `config.out`; returns the output folder.
+
+    `on_step(step)` is called after every optimizer step. An interruption (Ctrl-C) first saves a checkpoint
+    of the last completed step, so `resume` continues from there.
 
     Raises:
         ConfigError: the output folder holds another run and `resume` is off.
@@ -245,8 +247,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
         desc="train",
         disable=not (progress and accelerator.is_main_process),
     )
-    step = start_step
-    for step in bar:
+
+    def _train_step(step: int) -> dict[str, float]:
+        """One optimizer step on the batch of `step`; returns its record."""
         rng = np.random.default_rng([config.seed, step, accelerator.process_index])
         picked = rng.choice(len(triplets), size=min(config.batch_size, len(triplets)), replace=False)
         batch = triplets.iloc[picked]
@@ -271,20 +274,34 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
         optimizer.step()
         scheduler.step()
 
-        record = {k: float(v) for k, v in losses.items()}
+        record = {k: v.item() for k, v in losses.items()}
         record.update(step=step + 1, lr=scheduler.get_last_lr()[0], seconds=time.monotonic() - started)
         history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", ar=f"{record['ar']:.3f}", cl=f"{record['cl']:.3f}")
-        if (step + 1) % config.checkpoint_every == 0:
-            save_checkpoint(step + 1)
-        if config.time_budget_minutes and time.monotonic() - started > config.time_budget_minutes * 60:
-            logger.info("time budget of %.1f min reached at step %d", config.time_budget_minutes, step + 1)
-            break
-    bar.close()
+        return record
+
+    def completed() -> int:
+        return history[-1]["step"] if history else start_step
+
+    try:
+        for step in bar:
+            record = _train_step(step)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", ar=f"{record['ar']:.3f}", cl=f"{record['cl']:.3f}")
+            if on_step is not None:
+                on_step(step + 1)
+            if (step + 1) % config.checkpoint_every == 0:
+                save_checkpoint(step + 1)
+            if config.time_budget_minutes and time.monotonic() - started > config.time_budget_minutes * 60:
+                logger.info("time budget of %.1f min reached at step %d", config.time_budget_minutes, step + 1)
+                break
+    except KeyboardInterrupt:
+        save_checkpoint(completed())
+        raise
+    finally:
+        bar.close()
 
     # ----- save -----
     if accelerator.is_main_process:
-        save_checkpoint(history[-1]["step"] if history else start_step)
+        save_checkpoint(completed())
         model.eval()
         model.save_pretrained(out)
         (out / "train_config.json").write_text(config.model_dump_json(indent=2))

@@ -186,7 +186,8 @@ def answer_profile_facts(ctx: UserContext) -> str | None:
     if values.get("city_tier") is not None and not pd.isna(values["city_tier"]):
         text += f" in a tier-{int(values['city_tier'])} city"
     if values.get("account_age_days") is not None and not pd.isna(values["account_age_days"]):
-        text += f", customer for {int(values['account_age_days']) // 365} years"
+        years = int(values["account_age_days"]) // 365
+        text += f", customer for {years} year" + ("" if years == 1 else "s")
     return text + "."
 
 
@@ -230,15 +231,11 @@ def cutoff_candidates(data_dir: Path) -> list[pd.Timestamp]:
         if t + FUTURE_WINDOW <= last_event + timedelta(days=1)
     )
     if not candidates:
-        raise DataValidationError(
-            f"{data_dir}: no snapshot time has a full 30-day future window in the raw logs"
-        )
+        raise DataValidationError(f"{data_dir}: no snapshot time has a full 30-day future window in the raw logs")
     return candidates
 
 
-def build_userqa(
-    data_dir: Path, *, seed: int = 0, cutoffs_per_user: int = 2, progress: bool = True
-) -> pd.DataFrame:
+def build_userqa(data_dir: Path, *, seed: int = 0, cutoffs_per_user: int = 2, progress: bool = True) -> pd.DataFrame:
     """UserQA triplets for the train users of `data_dir`.
 
     Args:
@@ -254,11 +251,7 @@ def build_userqa(
     candidates = cutoff_candidates(data_dir)
     picks = min(cutoffs_per_user, len(candidates))
     entities = pd.DataFrame(
-        [
-            (u, c)
-            for u in users
-            for c in rng.choice(np.array(candidates, dtype=object), size=picks, replace=False)
-        ],
+        [(u, c) for u in users for c in rng.choice(np.array(candidates, dtype=object), size=picks, replace=False)],
         columns=[ENTITY_KEY, TIMESTAMP_COLUMN],
     )
     features = features_asof(data_dir, entities)
@@ -295,9 +288,7 @@ def instruction_catalog() -> dict:
                 "kind": f.kind,
                 "canonical": f.canonical,
                 "train": list(f.train_paraphrases) if f.name not in HELD_OUT_FAMILIES else [],
-                "held_out": list(f.held_out_paraphrases)
-                if f.name not in HELD_OUT_FAMILIES
-                else list(f.paraphrases),
+                "held_out": list(f.held_out_paraphrases) if f.name not in HELD_OUT_FAMILIES else list(f.paraphrases),
             }
             for f in FAMILIES
         },
