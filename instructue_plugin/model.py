@@ -90,6 +90,9 @@ class InstructUEModel(nn.Module):
             bias="none",
         )
         self.llm = get_peft_model(llm, lora)
+        # The decoder's final norm is trained too (576 weights for SmolLM2): a truncated backbone's last hidden
+        # states come from an early layer and need re-scaling before the tied LM head.
+        self.llm.get_base_model().get_decoder().norm.requires_grad_(True)
         self.item_encoder = ItemEncoder(item_bert)
         self.item_encoder.requires_grad_(False)
         item_tokenizer.enable_truncation(config.max_item_tokens)
@@ -101,13 +104,9 @@ class InstructUEModel(nn.Module):
         n_special = len(special_tokens())
         self.special_embeddings = nn.Embedding(n_special, hidden)
         with torch.no_grad():
-            self.special_embeddings.weight.copy_(
-                base_embeddings.mean(0) + emb_std * torch.randn(n_special, hidden)
-            )
+            self.special_embeddings.weight.copy_(base_embeddings.mean(0) + emb_std * torch.randn(n_special, hidden))
         # One adapter per sequence source: [item vector, numeric features] -> one soft token.
-        self.adapters = nn.ModuleList(
-            nn.Linear(item_dim + ITEM_NUMERIC_WIDTH, hidden) for _ in SEQUENCE_SOURCES
-        )
+        self.adapters = nn.ModuleList(nn.Linear(item_dim + ITEM_NUMERIC_WIDTH, hidden) for _ in SEQUENCE_SOURCES)
         self.profile_adapter = nn.Linear(PROFILE.vector_width, config.profile_tokens * hidden)
         self.head = nn.Linear(hidden, config.embedding_dim)
         for layer in [*self.adapters, self.profile_adapter]:
@@ -127,9 +126,7 @@ class InstructUEModel(nn.Module):
         base_vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         from tokenizers import AddedToken
 
-        tokenizer.add_special_tokens(
-            [AddedToken(t, special=True, normalized=False) for t in special_tokens()]
-        )
+        tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens()])
         item_bert, item_tokenizer = load_item_encoder(config)
         return cls(
             config,
@@ -185,9 +182,7 @@ class InstructUEModel(nn.Module):
             embeds = torch.where((token_kind == kind).unsqueeze(-1), adapter(adapter_input), embeds)
         batch, hidden = profile_vector.shape[0], embeds.shape[-1]
         profile_tokens = self.profile_adapter(profile_vector).view(batch, self.config.profile_tokens, hidden)
-        placed = torch.gather(
-            profile_tokens, 1, profile_slot.unsqueeze(-1).expand(-1, -1, hidden)
-        )  # (B, L, H)
+        placed = torch.gather(profile_tokens, 1, profile_slot.unsqueeze(-1).expand(-1, -1, hidden))  # (B, L, H)
         return torch.where((token_kind == PROFILE_KIND).unsqueeze(-1), placed, embeds)
 
     def hidden_states(
@@ -368,9 +363,7 @@ def read_model_config(folder: Path) -> dict[str, Any]:
     """The `config.json` of a model folder, checked for presence, format and schema hash."""
     config_path = folder / CONFIG_FILE
     if not folder.exists():
-        raise ModelNotFoundError(
-            f"no model at {folder}; train one with `instructue train` or set INSTRUCTUE_MODEL"
-        )
+        raise ModelNotFoundError(f"no model at {folder}; train one with `instructue train` or set INSTRUCTUE_MODEL")
     if not config_path.exists() or not (folder / WEIGHTS_FILE).exists():
         raise CorruptModelError(
             f"{folder} is not a complete InstructUE model folder ({CONFIG_FILE} or {WEIGHTS_FILE} missing)"

@@ -52,6 +52,9 @@ class TrainConfig(BaseModel):
     userqa: Path | None = None  # a UserQA file; None builds one from `data` into `out/userqa.parquet`
     steps: int = 1000
     batch_size: int = 16  # in-batch negatives grow with it
+    # Each batch holds this many question families (batch_size / families_per_batch triplets each): negatives
+    # of the same family force the contrastive loss to tell users apart, not merely question types.
+    families_per_batch: int = 2
     lr: float = 3e-4  # LoRA weights
     new_params_lr: float = 1e-3  # adapters, special tokens and head start from scratch: a larger step
     weight_decay: float = 0.01
@@ -111,6 +114,17 @@ class TrainingStep(nn.Module):
             losses["cl"] = info_nce(user, answer, temperature=self.config.temperature, false_negatives=false_negatives)
         losses["loss"] = losses["ar"] + self.config.alpha * losses["cl"]
         return losses
+
+
+def sample_batch(
+    by_family: dict[str, np.ndarray], rng: np.random.Generator, *, batch_size: int, families: int
+) -> np.ndarray:
+    """Triplet indices of one batch: `families` random families, an equal share of triplets from each."""
+    names = list(by_family)
+    chosen = rng.choice(len(names), size=min(families, len(names)), replace=False)
+    share = -(-batch_size // len(chosen))  # ceil
+    parts = [rng.choice(by_family[names[c]], size=min(share, len(by_family[names[c]])), replace=False) for c in chosen]
+    return np.concatenate(parts)[:batch_size]
 
 
 def lr_factor(step: int, *, warmup: int, total: int) -> float:
@@ -238,6 +252,9 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
 
     # ----- loop -----
     keys = list(zip(triplets[ENTITY_KEY].astype(int), triplets["cutoff"], strict=True))
+    by_family = {
+        name: np.flatnonzero(triplets["family"].to_numpy() == name) for name in sorted(triplets["family"].unique())
+    }
     use_ar, use_cl = config.loss in ("both", "ar"), config.loss in ("both", "contrastive")
     started = time.monotonic()
     bar = tqdm(
@@ -251,7 +268,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
     def _train_step(step: int) -> dict[str, float]:
         """One optimizer step on the batch of `step`; returns its record."""
         rng = np.random.default_rng([config.seed, step, accelerator.process_index])
-        picked = rng.choice(len(triplets), size=min(config.batch_size, len(triplets)), replace=False)
+        picked = sample_batch(by_family, rng, batch_size=config.batch_size, families=config.families_per_batch)
         batch = triplets.iloc[picked]
         behaviours = [users[keys[i]] for i in picked]
         answers = batch["answer"].tolist()
