@@ -1,0 +1,83 @@
+"""The trainer on the `tiny` preset: the losses fall when overfitting, and --resume continues exactly."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from instructue_plugin.config import config_for_preset
+from instructue_plugin.errors import ConfigError
+from instructue_plugin.model import InstructUEModel
+from training.losses import false_negative_mask
+from training.trainer import TrainConfig, TrainingStep, load_training_users, train
+
+
+def test_both_losses_fall_when_overfitting_a_fixed_batch(small_data, small_userqa):
+    torch.manual_seed(0)
+    triplets = pd.read_parquet(small_userqa)
+    triplets["cutoff"] = pd.to_datetime(triplets["cutoff"], utc=True)
+    batch = triplets.groupby("family").head(1).head(8)
+    model = InstructUEModel.create(config_for_preset("tiny", lora_dropout=0.0))
+    users = load_training_users(small_data, batch, max_items_per_source=model.config.max_items_per_source)
+    behaviours = [users[(int(u), c)] for u, c in zip(batch["user_id"], batch["cutoff"], strict=True)]
+    answers = batch["answer"].tolist()
+    inputs = model.builder.build(behaviours, batch["instruction"].tolist(), answers)
+    tensors = model.tensors(inputs)
+    ids, mask = model.builder.build_answers(answers)
+    step = TrainingStep(model, TrainConfig(data=small_data, out=small_data, temperature=0.1))
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    history = []
+    for _ in range(60):
+        losses = step(
+            tensors,
+            torch.from_numpy(inputs.labels),
+            torch.from_numpy(ids),
+            torch.from_numpy(mask),
+            torch.from_numpy(false_negative_mask(answers)),
+        )
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        history.append({k: v.item() for k, v in losses.items()})
+    first, last = history[0], history[-1]
+    assert last["ar"] < 0.7 * first["ar"], (first, last)
+    assert last["cl"] < 0.5 * first["cl"], (first, last)
+
+
+def _config(data, userqa, out, **overrides) -> TrainConfig:
+    values = dict(
+        data=data, out=out, preset="tiny", userqa=userqa, steps=4, batch_size=4, checkpoint_every=2, warmup_steps=2
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_resume_continues_exactly(small_data, small_userqa, tmp_path):
+    straight = train(_config(small_data, small_userqa, tmp_path / "straight"), progress=False)
+
+    def interrupt_after_two(step: int) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    resumed_dir = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(small_data, small_userqa, resumed_dir), progress=False, on_step=interrupt_after_two)
+    assert (resumed_dir / "checkpoint" / "trainer_state.pt").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        train(_config(small_data, small_userqa, resumed_dir), progress=False)
+    train(_config(small_data, small_userqa, resumed_dir, resume=True), progress=False)
+
+    a = load_file(straight / "model.safetensors")
+    b = load_file(resumed_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    changed = [k for k in a if "lora_B" in k and a[k].abs().sum() > 0]
+    assert changed, "training must have moved the LoRA weights"
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    losses_a = pd.read_csv(straight / "losses.csv")
+    losses_b = pd.read_csv(resumed_dir / "losses.csv")
+    assert losses_a["loss"].tolist() == losses_b["loss"].tolist()
+    assert (straight / "losses.png").exists()
