@@ -168,7 +168,8 @@ def load_item_encoder(config: ModelConfig) -> tuple[Any, Tokenizer]:
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     if config.item_encoder == "tiny":
         return build_item_encoder(tiny_item_encoder_config(tokenizer.get_vocab_size()), seed=config.seed), tokenizer
-    return BertModel.from_pretrained(folder).eval(), tokenizer
+    # No pooler: ItemEncoder mean-pools `last_hidden_state`, and `build_item_encoder` (reload) has none either.
+    return BertModel.from_pretrained(folder, add_pooling_layer=False).eval(), tokenizer
 
 
 def tiny_item_encoder_config(vocab_size: int) -> dict[str, Any]:

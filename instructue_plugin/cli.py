@@ -84,9 +84,7 @@ def snapshots(
     raw: Annotated[Path, typer.Option(help="Folder of raw event logs (one sub-folder per source).")],
     out: Annotated[Path, typer.Option(help="Output folder for the snapshot tables.")],
     every: Annotated[str, typer.Option(help="Snapshot interval, e.g. 7d or 1d.")] = "7d",
-    max_items: Annotated[
-        int | None, typer.Option(help="Items kept per source (default: the schema's).")
-    ] = None,
+    max_items: Annotated[int | None, typer.Option(help="Items kept per source (default: the schema's).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing snapshot tables.")] = False,
 ) -> None:
     """Turn raw event logs into the per-user snapshot tables that Feast reads."""
@@ -124,9 +122,7 @@ def train(
     loss: Annotated[str, typer.Option(help="both | contrastive | ar")] = "both",
     batch_size: Annotated[int, typer.Option(help="Triplets per step.")] = 16,
     lr: Annotated[float, typer.Option(help="Peak learning rate of the LoRA weights.")] = 3e-4,
-    userqa_file: Annotated[
-        Path | None, typer.Option("--userqa", help="A UserQA file (default: built).")
-    ] = None,
+    userqa_file: Annotated[Path | None, typer.Option("--userqa", help="A UserQA file (default: built).")] = None,
     time_budget: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
@@ -186,3 +182,63 @@ def embed(
     np.set_printoptions(precision=4, suppress=True)
     for user_id, vector in zip(ids, vectors, strict=True):
         typer.echo(f"{user_id}: {vector[:8]} ... (dim {len(vector)})")
+
+
+def _parse_named_paths(value: str | None) -> dict[str, Path]:
+    if not value:
+        return {}
+    pairs = {}
+    for item in value.split(","):
+        name, _, path = item.partition("=")
+        if not path:
+            raise typer.BadParameter(f"expected NAME=DIR pairs, got {item!r}")
+        pairs[f"ablation_{name.strip()}"] = Path(path.strip())
+    return pairs
+
+
+@app.command()
+@_friendly_errors
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Data folder with labels.parquet (eval split).")],
+    model: Annotated[Path, typer.Option(help="A trained model folder or an export folder.")],
+    out: Annotated[Path, typer.Option(help="Report folder (report.md, metrics.json, plots).")],
+    noise: Annotated[str, typer.Option(help="Comma-separated injected-noise rates.")] = "0,0.25,0.5,1",
+    ablation_models: Annotated[
+        str | None, typer.Option(help="Ablations as NAME=DIR pairs, e.g. contrastive=runs/cl,ar=runs/ar.")
+    ] = None,
+    max_users: Annotated[int | None, typer.Option(help="Evaluate at most this many eval users.")] = None,
+    dataset: Annotated[str, typer.Option(help="synthetic | movielens")] = "synthetic",
+    seed: Annotated[int, typer.Option(help="Seed of the user sample and the noise.")] = 0,
+) -> None:
+    """Evaluate frozen embeddings against baselines with logistic-regression probes; write a report."""
+    from training.evaluate.report import write_report
+    from training.evaluate.runner import BINARY_TASKS, EvalSettings
+    from training.evaluate.runner import evaluate as run_evaluation
+
+    try:
+        rates = tuple(float(r) for r in noise.split(",") if r.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--noise must be comma-separated numbers, got {noise!r}") from None
+    settings = EvalSettings(
+        data=data,
+        model=model,
+        noise_rates=rates,
+        max_users=max_users,
+        seed=seed,
+        ablation_models=_parse_named_paths(ablation_models),
+    )
+    title = "InstructUE evaluation (synthetic)"
+    binary = list(BINARY_TASKS)
+    if dataset == "movielens":
+        from training.movielens import movielens_settings
+
+        settings, binary, title = movielens_settings(settings)
+    elif dataset != "synthetic":
+        raise typer.BadParameter(f"--dataset must be synthetic or movielens, got {dataset!r}")
+    metrics = run_evaluation(settings)
+    summary = write_report(metrics, out, binary_tasks=binary, title=title)
+    typer.echo((out / "report.md").read_text())
+    typer.echo(
+        f"report written to {out} (best baseline {summary['best_baseline']}, "
+        f"margin {summary['margin_over_best_baseline']:+.4f})"
+    )

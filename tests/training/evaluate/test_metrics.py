@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegressionCV
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
@@ -18,7 +18,17 @@ def test_binary_probe_reproduces_scikit_learns_own_auc():
     features = rng.normal(size=(200, 5))
     labels = (features[:, 0] + 0.8 * rng.normal(size=200) > 0).astype(int)
     reference = cross_val_predict(
-        make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+        make_pipeline(
+            StandardScaler(),
+            LogisticRegressionCV(
+                Cs=[0.01, 0.1, 1.0],
+                cv=3,
+                scoring="roc_auc",
+                max_iter=2000,
+                l1_ratios=(0.0,),
+                use_legacy_attributes=False,
+            ),
+        ),
         features,
         labels,
         cv=StratifiedKFold(n_splits=5, shuffle=True, random_state=0),
