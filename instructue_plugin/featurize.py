@@ -27,6 +27,8 @@ from .errors import DataValidationError
 from .schema import ITEM_NUMERIC_WIDTH, PROFILE, RECENCY_SCALE, SEQUENCE_SOURCES, ItemField, ProfileField
 
 logger = logging.getLogger(__name__)
+# Slots of the per-token numeric vector after the numeric fields (see schema.ITEM_NUMERIC_WIDTH).
+RECENCY_SLOT, COUNT_SLOT, SUMMARY_FLAG_SLOT = ITEM_NUMERIC_WIDTH - 3, ITEM_NUMERIC_WIDTH - 2, ITEM_NUMERIC_WIDTH - 1
 _warned: set[str] = set()
 
 
@@ -38,10 +40,17 @@ def _warn_once(key: str, message: str, *args: Any) -> None:
 
 @dataclass
 class SourceItems:
-    """The newest items of one sequence source: texts and (n, ITEM_NUMERIC_WIDTH) numeric features."""
+    """One sequence source of a user.
+
+    `texts` and `numeric` (n, ITEM_NUMERIC_WIDTH) describe the newest items, one soft token each; the summary
+    covers every stored item (`summary_texts`, whose item vectors are averaged, and `summary_numeric`, the mean
+    numeric features, log item count and summary flag), so a short token budget still sees the whole history.
+    """
 
     texts: list[str]
     numeric: np.ndarray
+    summary_texts: list[str]
+    summary_numeric: np.ndarray
 
 
 @dataclass
@@ -107,9 +116,7 @@ def _source_columns(features: Any, names: Sequence[str], source: str) -> bool:
         return False
     if len(found) != len(names):
         missing = [n for n in names if n not in present]
-        raise DataValidationError(
-            f"source {source!r} lacks columns {missing} (has {found}); request all of them"
-        )
+        raise DataValidationError(f"source {source!r} lacks columns {missing} (has {found}); request all of them")
     return True
 
 
@@ -166,8 +173,7 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
         for row, (ts, values) in enumerate(raw[source.name]):
             if not ts:
                 continue
-            order = sorted(range(len(ts)), key=lambda i: ts[i] if math.isfinite(ts[i]) else -math.inf)
-            order = order[-max_items_per_source:]  # newest last, keep the newest
+            order = sorted(range(len(ts)), key=lambda i: ts[i] if math.isfinite(ts[i]) else -math.inf)  # newest last
             texts = [source.item_text([_text(values[f.name][i]) for f in source.text_fields]) for i in order]
             numeric = np.zeros((len(order), ITEM_NUMERIC_WIDTH), dtype=np.float32)
             for j, spec in enumerate(source.numeric_fields):
@@ -179,8 +185,14 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
                         nonfinite += 1
             for k, i in enumerate(order):
                 age_days = (newest[row] - ts[i]) / 86400.0 if math.isfinite(ts[i]) else 0.0
-                numeric[k, -1] = math.log1p(max(age_days, 0.0)) / RECENCY_SCALE
-            users[row].sources[source.name] = SourceItems(texts=texts, numeric=numeric)
+                numeric[k, RECENCY_SLOT] = math.log1p(max(age_days, 0.0)) / RECENCY_SCALE
+            summary = numeric.mean(axis=0)
+            summary[COUNT_SLOT] = math.log1p(len(order)) / math.log1p(source.max_items)
+            summary[SUMMARY_FLAG_SLOT] = 1.0
+            keep = slice(-max_items_per_source, None)
+            users[row].sources[source.name] = SourceItems(
+                texts=texts[keep], numeric=numeric[keep], summary_texts=texts, summary_numeric=summary
+            )
 
     if _source_columns(features, PROFILE.feature_columns, PROFILE.name):
         columns = {f.name: _column(features, PROFILE.column(f.name)) for f in PROFILE.fields}

@@ -213,8 +213,9 @@ PROFILE = TabularSource(
 
 SOURCE_NAMES: tuple[str, ...] = tuple(s.name for s in SEQUENCE_SOURCES) + (PROFILE.name,)
 SEQUENCE_BY_NAME: dict[str, SequenceSource] = {s.name: s for s in SEQUENCE_SOURCES}
-# Numeric inputs per item: the widest source's numeric fields plus recency; narrower sources pad with zeros.
-ITEM_NUMERIC_WIDTH: int = max(len(s.numeric_fields) for s in SEQUENCE_SOURCES) + 1
+# Numeric inputs per soft token: the widest source's numeric fields (narrower sources pad with zeros), then
+# recency, log item count and a summary flag (the last two are non-zero only on a source's summary token).
+ITEM_NUMERIC_WIDTH: int = max(len(s.numeric_fields) for s in SEQUENCE_SOURCES) + 3
 
 
 def feature_columns() -> list[str]:
@@ -239,6 +240,7 @@ def _schema_hash() -> str:
         "timestamp": TIMESTAMP_COLUMN,
         "separator": ITEM_TEXT_SEPARATOR,
         "recency_scale": RECENCY_SCALE,
+        "item_numeric_width": ITEM_NUMERIC_WIDTH,
         "sequences": [asdict(s) for s in SEQUENCE_SOURCES],
         "profile": asdict(PROFILE),
     }

@@ -2,12 +2,13 @@
 
 One user's sequence, left to right:
 
-    <|im_start|>user\\n  <bill> s s s </bill>  <miniprogram> s s </miniprogram> ...  <profile> p p </profile>
+    <|im_start|>user\\n  <bill> S s s s </bill>  <miniprogram> S s s </miniprogram> ...  <profile> p p </profile>
     {instruction tokens}  <|im_end|>\\n<|im_start|>assistant\\n  <USER>  [answer tokens <|im_end|>]
 
-`s` are soft tokens (one per item: the source's adapter applied to the item vector and numeric features),
-`p` the profile tokens. Sources without items are omitted. The embedding is read at `<USER>`; during
-training the answer follows `<USER>` and is the autoregressive target.
+`s` are soft tokens (one per newest item: the source's adapter applied to the item vector and numeric
+features), `S` the source's summary token (the same adapter on the mean vector of every stored item, with
+the summary's numeric features), `p` the profile tokens. Sources without items are omitted. The embedding
+is read at `<USER>`; during training the answer follows `<USER>` and is the autoregressive target.
 """
 
 from __future__ import annotations
@@ -48,16 +49,24 @@ class ModelInputs:
     position_ids: np.ndarray  # (B, L) int64
     user_position: np.ndarray  # (B,) int64; index of <USER>
     item_texts: list[str]  # (U,) distinct item texts; item vectors are looked up for these
+    summary_groups: list[np.ndarray]  # (S,) rows of `item_texts` averaged into summary row U + s
     labels: np.ndarray | None = None  # (B, L) int64 next-token targets (answers only), else IGNORE_INDEX
 
     def graph_inputs(self, item_vectors: np.ndarray) -> dict[str, np.ndarray]:
-        """The named arrays fed to the user-embedding graph, given the (U, D) vectors of `item_texts`."""
+        """The named arrays fed to the user-embedding graph, given the (U, D) vectors of `item_texts`.
+
+        The graph's item table is those vectors followed by one mean vector per summary group.
+        """
+        item_vectors = np.asarray(item_vectors, dtype=np.float32)
+        summaries = [item_vectors[group].mean(axis=0) for group in self.summary_groups]
+        if summaries:
+            item_vectors = np.concatenate([item_vectors, np.stack(summaries)])
         if len(item_vectors) == 0:  # no items in the batch: one zero row keeps the gather well-defined
             item_vectors = np.zeros((1, item_vectors.shape[-1]), dtype=np.float32)
         return {
             "input_ids": self.input_ids,
             "token_kind": self.token_kind,
-            "item_vectors": item_vectors.astype(np.float32, copy=False),
+            "item_vectors": item_vectors,
             "item_index": self.item_index,
             "item_numeric": self.item_numeric,
             "profile_vector": self.profile_vector,
@@ -111,14 +120,10 @@ class SequenceBuilder:
 
     def encode_texts(self, texts: list[str], *, limit: int, what: str) -> list[list[int]]:
         """Tokenize texts, cutting each to `limit` tokens (logged once per builder)."""
-        encoded = (
-            [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
-        )
+        encoded = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
         if any(len(ids) > limit for ids in encoded) and not self._warned_truncation:
             self._warned_truncation = True
-            logger.warning(
-                "%s longer than %d tokens cut to %d tokens (the beginning is kept)", what, limit, limit
-            )
+            logger.warning("%s longer than %d tokens cut to %d tokens (the beginning is kept)", what, limit, limit)
         return [ids[:limit] for ids in encoded]
 
     def build(
@@ -130,9 +135,7 @@ class SequenceBuilder:
         """Lay out a batch. `instructions[i]` may be "" (general embedding)."""
         if len(instructions) != len(users) or (answers is not None and len(answers) != len(users)):
             raise ValueError("users, instructions and answers must have the same length")
-        instruction_ids = self.encode_texts(
-            instructions, limit=self.config.max_instruction_tokens, what="instructions"
-        )
+        instruction_ids = self.encode_texts(instructions, limit=self.config.max_instruction_tokens, what="instructions")
         answer_ids = (
             [
                 ids + self.answer_end
@@ -142,6 +145,7 @@ class SequenceBuilder:
             else None
         )
         text_index: dict[str, int] = {}
+        summary_groups: list[np.ndarray] = []
         rows = []
         for b, user in enumerate(users):
             ids: list[int] = list(self.prefix)
@@ -158,6 +162,13 @@ class SequenceBuilder:
                 items.append(0)
                 numeric.append(None)
                 slots.append(0)
+                group = [text_index.setdefault(t, len(text_index)) for t in present.summary_texts]
+                ids.append(self.item_id)
+                kinds.append(k)
+                items.append(-1 - len(summary_groups))  # resolved to U + group once U is known
+                numeric.append(present.summary_numeric)
+                slots.append(0)
+                summary_groups.append(np.asarray(group, dtype=np.int64))
                 for text, row in zip(present.texts, present.numeric, strict=True):
                     ids.append(self.item_id)
                     kinds.append(k)
@@ -222,6 +233,8 @@ class SequenceBuilder:
             if users[b].profile is not None:
                 profile_vector[b] = users[b].profile
         position_ids = np.clip(np.cumsum(attention_mask, axis=1) - 1, 0, None).astype(np.int64)
+        summary_rows = item_index < 0
+        item_index[summary_rows] = len(text_index) + (-1 - item_index[summary_rows])
         return ModelInputs(
             input_ids=input_ids,
             token_kind=token_kind,
@@ -233,6 +246,7 @@ class SequenceBuilder:
             position_ids=position_ids,
             user_position=user_position,
             item_texts=list(text_index),
+            summary_groups=summary_groups,
             labels=labels,
         )
 

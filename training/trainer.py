@@ -206,7 +206,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
     model_config = config_for_preset(config.preset, seed=config.seed)
     model = InstructUEModel.create(model_config)
     users = load_training_users(config.data, triplets, max_items_per_source=model_config.max_items_per_source)
-    texts = sorted({t for u in users.values() for items in u.sources.values() for t in items.texts})
+    texts = sorted({t for u in users.values() for items in u.sources.values() for t in items.summary_texts})
     logger.info("encoding %d distinct item texts once", len(texts))
     model.item_cache.add(texts, model.encode_items(texts))
     model.train()

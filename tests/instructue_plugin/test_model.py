@@ -133,9 +133,7 @@ def test_loading_refuses_other_schema_and_damaged_folders(model, tmp_path):
 
 
 def test_unknown_user_gets_nan_row_without_failing_others(embedder, rows):
-    unknown = feature_rows(
-        1, seed=5, missing={0: ["bill", "miniprogram", "page_path", "app", "search", "profile"]}
-    )
+    unknown = feature_rows(1, seed=5, missing={0: ["bill", "miniprogram", "page_path", "app", "search", "profile"]})
     mixed = {name: rows[name][:2] + unknown[name] for name in rows}
     out = embedder.embed(mixed, FUND)
     assert np.isnan(out[2]).all()
@@ -173,9 +171,7 @@ def test_overlong_instruction_is_cut_to_the_token_budget(embedder, model, rows):
     tokens = model.llm_tokenizer.encode(long_instruction, add_special_tokens=False).ids
     prefix = model.llm_tokenizer.decode(tokens[: model.config.max_instruction_tokens])
     assert len(long_instruction) == 10_000
-    np.testing.assert_allclose(
-        embedder.embed(rows, long_instruction), embedder.embed(rows, prefix), atol=2e-5
-    )
+    np.testing.assert_allclose(embedder.embed(rows, long_instruction), embedder.embed(rows, prefix), atol=2e-5)
 
 
 def test_answer_generates_text(model, rows):
@@ -193,3 +189,20 @@ def test_item_encoder_gradients_are_off_and_lora_is_on(model):
     base = [n for n in trainable if n.startswith("llm.") and "lora_" not in n]
     assert base == ["llm.base_model.model.model.norm.weight"]  # only the final norm of the frozen backbone
     assert torch.is_grad_enabled()
+
+
+def test_summary_token_averages_every_stored_item(model, rows):
+    users = featurize(rows, max_items_per_source=2)
+    bill = users[0].sources["bill"]
+    assert len(bill.texts) == 2 and len(bill.summary_texts) == len(rows["bill_ts"][0]) > 2
+    assert bill.summary_numeric[-1] == 1.0 and (bill.numeric[:, -1] == 0).all()
+    inputs = model.builder.build([users[0]], [""])
+    vectors = np.random.default_rng(0).normal(size=(len(inputs.item_texts), 4)).astype(np.float32)
+    table = inputs.graph_inputs(vectors)["item_vectors"]
+    assert len(table) == len(inputs.item_texts) + len(users[0].sources)  # one summary row per present source
+    bill_kind = 1
+    positions = np.flatnonzero(inputs.token_kind[0] == bill_kind)
+    summary_row = inputs.item_index[0, positions[0]]  # the summary token comes first in its source
+    expected = vectors[[inputs.item_texts.index(t) for t in bill.summary_texts]].mean(0)
+    np.testing.assert_allclose(table[summary_row], expected, rtol=1e-6)
+    assert [inputs.item_texts[i] for i in inputs.item_index[0, positions[1:]]] == bill.texts
