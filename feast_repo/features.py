@@ -98,4 +98,4 @@ profile = FeatureView(
 # The six views above, in schema order: the sources of the on-demand embedding views.
 BEHAVIOUR_VIEWS = [bill, miniprogram, page_path, app, search, profile]
 
-# ---- On-demand and materialized embedding views (user_embedding, user_embedding_materialized) go here. ----
+# ---- The embedding views (user_embedding, user_embedding_materialized) are declared in embeddings.py. ----

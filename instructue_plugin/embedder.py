@@ -36,9 +36,7 @@ def normalize_instructions(instruction: str | Sequence[str | None] | None, rows:
         return [instruction] * rows
     values = list(instruction)
     if len(values) != rows:
-        raise DataValidationError(
-            f"got {len(values)} instructions for {rows} rows; give one per row or one string"
-        )
+        raise DataValidationError(f"got {len(values)} instructions for {rows} rows; give one per row or one string")
     for i, value in enumerate(values):
         if value is not None and not isinstance(value, str):
             raise DataValidationError(f"instruction {i} is {type(value).__name__}, expected a string or None")

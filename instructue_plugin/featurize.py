@@ -88,7 +88,10 @@ def _column(features: Any, name: str) -> list[Any]:
 def _is_null(value: Any) -> bool:
     if value is None:
         return True
-    return isinstance(value, float) and math.isnan(value)
+    if isinstance(value, float):
+        return math.isnan(value)
+    # pandas.NA: a null in a nullable column (duckdb returns nullable Int64 for an int column with nulls).
+    return type(value).__name__ == "NAType"
 
 
 def _to_float(value: Any, *, column: str, row: int) -> float:

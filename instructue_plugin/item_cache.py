@@ -92,9 +92,7 @@ class ItemVectorCache:
         vectors = np.load(folder / CACHE_VECTORS_FILE, allow_pickle=False)
         texts = json.loads((folder / CACHE_TEXTS_FILE).read_text())
         if vectors.shape != (len(texts), dim):
-            logger.warning(
-                "item cache in %s has shape %s for %d texts: ignored", folder, vectors.shape, len(texts)
-            )
+            logger.warning("item cache in %s has shape %s for %d texts: ignored", folder, vectors.shape, len(texts))
             return cache
         cache.add(texts, vectors)
         return cache

@@ -22,6 +22,7 @@ import pytest
 
 from instructue_plugin import schema
 from instructue_plugin.feast_definitions import snapshot_arrow_schema, snapshot_path
+from instructue_plugin.feast_store import open_store
 
 REPO_SOURCE = Path(__file__).resolve().parents[2] / "feast_repo"
 # The venv's own feast, so the tests do not depend on PATH.
@@ -34,6 +35,9 @@ EVENTS_START = datetime(2024, 11, 1, tzinfo=UTC)
 # The materialization window covers every snapshot row.
 MATERIALIZE_START = "2024-01-01T00:00:00+00:00"
 MATERIALIZE_END = "2025-06-01T00:00:00+00:00"
+# `feast materialize` names the six behaviour views: the materialized-embedding view's batch source (its
+# offline copy) exists only once `instructue materialize` has run (see feast_repo/README.md).
+BEHAVIOUR_VIEW_ARGS = tuple(arg for name in schema.SOURCE_NAMES for arg in ("--views", name))
 
 
 def write_snapshot_dataset(out_dir: Path, *, users: int = 300, seed: int = 0) -> Path:
@@ -112,31 +116,14 @@ def _write(rows: list[dict], source_name: str, out_dir: Path) -> None:
     pq.write_table(table, snapshot_path(out_dir, source_name))
 
 
-def run_feast(repo: Path, *args: str, data_dir: Path) -> subprocess.CompletedProcess:
+def run_feast(repo: Path, *args: str, data_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the real feast CLI inside `repo` (the registry URL is relative to the current directory)."""
-    env = {**os.environ, "INSTRUCTUE_DATA": str(data_dir)}
+    env = {**os.environ, **(env or {}), "INSTRUCTUE_DATA": str(data_dir)}
     result = subprocess.run([FEAST, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     if result.returncode != 0:
         command = " ".join(args)
         pytest.fail(f"`feast {command}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def open_store(repo: Path):
-    """A FeatureStore on `repo` that works from any current directory.
-
-    The yaml's `sqlite:///registry.db` is relative to the current directory (SQLAlchemy), so the URL is made
-    absolute against the repo folder before the registry is opened.
-    """
-    from feast import FeatureStore
-    from feast.repo_config import load_repo_config
-
-    config = load_repo_config(repo, repo / "feature_store.yaml")
-    url = config.registry_config["path"]
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        config.registry_config["path"] = prefix + str((repo / url[len(prefix) :]).resolve())
-    return FeatureStore(repo_path=str(repo), config=config)
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +134,16 @@ def snapshot_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def applied_repo(tmp_path_factory: pytest.TempPathFactory, snapshot_data_dir: Path) -> Path:
-    """A copy of `feast_repo/` after `feast apply` and `feast materialize` on `snapshot_data_dir`."""
-    repo = tmp_path_factory.mktemp("feast") / "feast_repo"
+    """A copy of `feast_repo/` after `feast apply` and `feast materialize` (six views) on `snapshot_data_dir`."""
+    return apply_repo_copy(tmp_path_factory.mktemp("feast"), data_dir=snapshot_data_dir)
+
+
+def apply_repo_copy(parent: Path, *, data_dir: Path, env: dict[str, str] | None = None) -> Path:
+    """Copy `feast_repo/` into `parent`, then `feast apply` and `feast materialize` its six behaviour views."""
+    repo = parent / "feast_repo"
     shutil.copytree(REPO_SOURCE, repo, ignore=shutil.ignore_patterns("*.db", "data", "__pycache__"))
-    run_feast(repo, "apply", data_dir=snapshot_data_dir)
-    run_feast(repo, "materialize", MATERIALIZE_START, MATERIALIZE_END, data_dir=snapshot_data_dir)
+    run_feast(repo, "apply", data_dir=data_dir, env=env)
+    run_feast(repo, "materialize", MATERIALIZE_START, MATERIALIZE_END, *BEHAVIOUR_VIEW_ARGS, data_dir=data_dir, env=env)
     return repo
 
 

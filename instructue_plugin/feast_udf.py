@@ -1,0 +1,141 @@
+"""The functions Feast's embedding views call, and the model they share in one process.
+
+`feast_repo/embeddings.py` declares the on-read view `user_embedding`; its body is one import and one call to
+`embed_on_read`. Feast rebuilds an ODFV from its source text in a bare namespace, so everything the view
+needs lives here, not in the repo module.
+
+`embed_on_read(inputs)` receives Feast's batch python-mode input, a dict of lists with one entry per row:
+`user_id`, the six views' feature columns (short names and `<view>__<column>`), and the request field
+`instruction`. It returns `{"embedding": [...]}`, one list of floats per row, or None
+where the user has no data (an unknown user): that row reads as a null feature, the other rows are unaffected.
+
+- `feast apply` calls the function once with fake inputs (strings "hello world", no join key) to check the
+  output schema. Those inputs are recognised by the missing `user_id` column and answered with a placeholder
+  vector without loading a model, so the repo applies with no model present.
+- The model is loaded on the first real read from `settings.model_dir()` (INSTRUCTUE_MODEL), once per process
+  and folder, under a lock; a missing model raises `ModelNotFoundError` naming INSTRUCTUE_MODEL.
+- An empty or null instruction means the general embedding. An instruction longer than the model's budget
+  (`max_instruction_tokens`) is cut to its first tokens by the runtime, which logs a warning once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import schema, settings
+from .errors import DataValidationError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from .embedder import Embedder
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_FEATURE = "embedding"
+INSTRUCTION_FIELD = "instruction"
+# The value Feast's schema inference gives a String request field (feast 0.67 `_construct_random_input`).
+_FEAST_SAMPLE_STRING = "hello world"
+# What the schema-inference call gets back: a non-empty float list, enough to infer Array(Float32).
+_PLACEHOLDER = [0.0]
+
+_embedders: dict[Path, Embedder] = {}
+_lock = threading.Lock()
+
+
+def load_embedder(model_path: str | Path | None = None) -> Embedder:
+    """The embedder of `model_path` (default: `settings.model_dir()`), loaded once per process and folder.
+
+    Raises:
+        ModelNotFoundError: nothing at the folder; the message names INSTRUCTUE_MODEL and the fix.
+        CorruptModelError, SchemaMismatchError: as `instructue_plugin.load`.
+    """
+    folder = Path(model_path).expanduser().resolve() if model_path is not None else settings.model_dir()
+    embedder = _embedders.get(folder)
+    if embedder is not None:
+        return embedder
+    with _lock:
+        if folder not in _embedders:  # another thread may have loaded it while this one waited
+            if not folder.exists():
+                raise ModelNotFoundError(
+                    f"no InstructUE model at {folder} (the folder named by INSTRUCTUE_MODEL, default "
+                    f"{settings.DEFAULT_MODEL_DIR}); set INSTRUCTUE_MODEL to a trained model folder "
+                    "(`instructue train`) or an export folder (`instructue export`) in the environment of the "
+                    "process that reads the embedding features"
+                )
+            import instructue_plugin
+
+            logger.info("loading the InstructUE model from %s", folder)
+            _embedders[folder] = instructue_plugin.load(folder)
+        return _embedders[folder]
+
+
+def embed_on_read(inputs: Mapping[str, Sequence[Any]]) -> dict[str, list[list[float] | None]]:
+    """Body of the `user_embedding` on-demand view: one embedding per input row (None for unknown users).
+
+    Args:
+        inputs: Feast's batch python-mode input: a dict of equal-length lists.
+
+    Returns:
+        `{"embedding": [...]}`: float lists of the model's dimension, or None for rows with no data.
+
+    Raises:
+        ModelNotFoundError: no model at INSTRUCTUE_MODEL (first read only).
+        DataValidationError: the input has no `user_id` column and is not Feast's schema-inference call.
+    """
+    rows = _row_count(inputs)
+    if schema.ENTITY_KEY not in inputs:
+        if _is_schema_inference(inputs):
+            return {EMBEDDING_FEATURE: [list(_PLACEHOLDER) for _ in range(rows)]}
+        raise DataValidationError(
+            f"user_embedding got rows without a {schema.ENTITY_KEY!r} column (columns: {sorted(inputs)[:8]}...); "
+            f"read it with entity rows that carry {schema.ENTITY_KEY!r}"
+        )
+    features = feature_columns(inputs)
+    instructions = [_instruction(v) for v in inputs[INSTRUCTION_FIELD]] if INSTRUCTION_FIELD in inputs else None
+    vectors = load_embedder().embed(features, instructions)
+    return {EMBEDDING_FEATURE: to_feature_values(vectors)}
+
+
+def feature_columns(inputs: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    """The six views' columns of a Feast input under their short names (full `<view>__<column>` accepted)."""
+    columns: dict[str, list[Any]] = {}
+    for name in schema.SOURCE_NAMES:
+        source = schema.PROFILE if name == schema.PROFILE.name else schema.SEQUENCE_BY_NAME[name]
+        for column in source.feature_columns:
+            for key in (column, f"{name}__{column}"):
+                if key in inputs:
+                    columns[column] = list(inputs[key])
+                    break
+    return columns
+
+
+def to_feature_values(vectors: np.ndarray) -> list[list[float] | None]:
+    """(rows, dim) float32 embeddings as Feast values: float lists, None for NaN rows (users with no data)."""
+    missing = np.isnan(vectors).any(axis=1)
+    return [None if missing[i] else vectors[i].tolist() for i in range(len(vectors))]
+
+
+def _instruction(value: Any) -> str | None:
+    """An instruction value as the embedder takes it: null (None, or NaN from a pandas entity frame) is None."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def _row_count(inputs: Mapping[str, Sequence[Any]]) -> int:
+    lengths = {len(values) for values in inputs.values() if isinstance(values, list | tuple | np.ndarray)}
+    if len(lengths) > 1:
+        raise DataValidationError(f"user_embedding got columns of different lengths: {sorted(lengths)}")
+    return lengths.pop() if lengths else 0
+
+
+def _is_schema_inference(inputs: Mapping[str, Sequence[Any]]) -> bool:
+    """Feast's apply-time call: no join key, and the request field holds Feast's sample string."""
+    values = list(inputs[INSTRUCTION_FIELD]) if INSTRUCTION_FIELD in inputs else []
+    return len(values) > 0 and all(value == _FEAST_SAMPLE_STRING for value in values)
