@@ -1,8 +1,8 @@
 """Instruction families: the paraphrases that condition the embedding, per question type.
 
 Each family lists its paraphrases; the first is the canonical phrasing, the last `HELD_OUT_PER_FAMILY` never
-appear in UserQA (unseen paraphrases for evaluation). `insurance_interest` is a held-out family: it never
-appears in UserQA at all (zero-shot).
+appear in UserQA (unseen paraphrases for evaluation). `insurance_interest` (synthetic data) and `gender`,
+`age` (MovieLens) are held-out families: they never appear in UserQA at all (zero-shot).
 """
 
 from __future__ import annotations
@@ -240,11 +240,34 @@ FAMILIES: tuple[InstructionFamily, ...] = (
             "Represent the user to find people who want an insurance policy.",
         ),
     ),
+    # Demographic tasks of the MovieLens evaluation (training/movielens.py): held out, so always zero-shot.
+    # They get their own families rather than `profile_facts`, whose one canonical phrasing cannot tell the
+    # two tasks apart (the instruction-awareness matrix would have two identical columns).
+    InstructionFamily(
+        "gender",
+        "stable",
+        (
+            "Represent this user for predicting their gender.",
+            "Is this user a woman or a man?",
+            "Embed the user for gender-based audience segmentation.",
+            "Represent the user to estimate whether they are female.",
+        ),
+    ),
+    InstructionFamily(
+        "age",
+        "stable",
+        (
+            "Represent this user for predicting their age group.",
+            "Is this user young or middle-aged?",
+            "Embed the user for age-based audience segmentation.",
+            "Represent the user to estimate how old they are.",
+        ),
+    ),
 )
 
 FAMILY_BY_NAME: dict[str, InstructionFamily] = {f.name: f for f in FAMILIES}
 # Families never used to build UserQA: their tasks are zero-shot.
-HELD_OUT_FAMILIES: frozenset[str] = frozenset({"insurance_interest"})
+HELD_OUT_FAMILIES: frozenset[str] = frozenset({"insurance_interest", "gender", "age"})
 # The general embedding is trained with an empty instruction on a summary answer.
 GENERAL_FAMILY = "general"
 
@@ -256,6 +279,10 @@ TASK_FAMILY: dict[str, str] = {
     "insurance_interest": "insurance_interest",
     "next_category": "next_category",
     "next_miniprogram": "next_miniprogram",
+    # MovieLens tasks (training/movielens.py): rated movies are `bill` items, genres their categories.
+    "gender": "gender",
+    "age_bracket": "age",
+    "next_genre": "next_category",
 }
 
 

@@ -7,6 +7,13 @@ the input is the user's snapshot row at the cut-off (what Feast returns) and the
 - *stable attributes* visible in the snapshot row (main categories, spending level, activity rhythm, apps,
   profile facts), plus a general summary answered under the empty instruction.
 Nothing comes from the generator's latent traits, so the same code runs on any Feast deployment's data.
+
+Two rules keep it so on data unlike the generator's (e.g. MovieLens, training/movielens.py):
+- a user's cut-offs are drawn among the snapshot times at which *that user* has a snapshot row (in any
+  source), so per-user snapshot times work (on the synthetic data every user has a row at every time);
+- a family whose answers take fewer than `MIN_DISTINCT_ANSWERS` distinct values over the whole build is
+  dropped (logged): its answer is then a constant ("will not buy any fund" on data without funds, or
+  nothing at all for a source the data lack) and teaches the model nothing about the user.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -32,6 +40,7 @@ from .instructions import FAMILIES, GENERAL_FAMILY, HELD_OUT_FAMILIES
 logger = logging.getLogger(__name__)
 
 FUTURE_WINDOW = timedelta(days=30)
+MIN_DISTINCT_ANSWERS = 2  # a family with fewer distinct answers over the build is dropped
 WEALTH, TRAVEL = "wealth", "travel"
 USERQA_COLUMNS = [ENTITY_KEY, "cutoff", "family", "instruction", "answer"]
 
@@ -235,6 +244,27 @@ def cutoff_candidates(data_dir: Path) -> list[pd.Timestamp]:
     return candidates
 
 
+def user_cutoffs(data_dir: Path, users: list[int], candidates: list[pd.Timestamp]) -> dict[int, list[pd.Timestamp]]:
+    """Per user, the `candidates` (in their order) at which the user has a snapshot row in some source."""
+    snapshots = Path(data_dir) / SNAPSHOTS
+    names = [s.name for s in SEQUENCE_SOURCES] + [PROFILE.name]
+    tables = [path for path in (snapshots / f"{name}.parquet" for name in names) if path.exists()]
+    union = " UNION ".join(
+        f"SELECT {ENTITY_KEY}, epoch_us({TIMESTAMP_COLUMN}) AS us FROM read_parquet('{t}')" for t in tables
+    )
+    con = duckdb.connect()
+    con.register("wanted", pd.DataFrame({ENTITY_KEY: users}))
+    pairs = con.execute(
+        f"SELECT {ENTITY_KEY}, us FROM ({union}) WHERE {ENTITY_KEY} IN (SELECT {ENTITY_KEY} FROM wanted)"
+    ).df()
+    con.close()
+    times: dict[int, set[int]] = {}
+    for user, us in zip(pairs[ENTITY_KEY].to_numpy(), pairs["us"].to_numpy(), strict=True):
+        times.setdefault(int(user), set()).add(int(us))
+    keyed = [(c, c.value // 1000) for c in candidates]  # Timestamp.value is in ns
+    return {u: [c for c, us in keyed if us in times.get(u, ())] for u in users}
+
+
 def build_userqa(data_dir: Path, *, seed: int = 0, cutoffs_per_user: int = 2, progress: bool = True) -> pd.DataFrame:
     """UserQA triplets for the train users of `data_dir`.
 
@@ -244,16 +274,26 @@ def build_userqa(data_dir: Path, *, seed: int = 0, cutoffs_per_user: int = 2, pr
         cutoffs_per_user: cut-off times sampled per user among the candidates.
 
     Returns:
-        A frame with `user_id`, `cutoff`, `family`, `instruction` ("" for the general family), `answer`.
+        A frame with `user_id`, `cutoff`, `family`, `instruction` ("" for the general family), `answer`;
+        families with fewer than `MIN_DISTINCT_ANSWERS` distinct answers are left out.
     """
     rng = np.random.default_rng(seed)
     users = train_users(data_dir)
     candidates = cutoff_candidates(data_dir)
-    picks = min(cutoffs_per_user, len(candidates))
-    entities = pd.DataFrame(
-        [(u, c) for u in users for c in rng.choice(np.array(candidates, dtype=object), size=picks, replace=False)],
-        columns=[ENTITY_KEY, TIMESTAMP_COLUMN],
-    )
+    own = user_cutoffs(data_dir, users, candidates)
+    pairs = []
+    for u in users:
+        if own[u]:
+            picks = min(cutoffs_per_user, len(own[u]))
+            pairs += [(u, c) for c in rng.choice(np.array(own[u], dtype=object), size=picks, replace=False)]
+    skipped = sum(1 for u in users if not own[u])
+    if not pairs:
+        raise DataValidationError(
+            f"{data_dir}: no train user has a snapshot row at a time followed by a full 30-day window in the raw logs"
+        )
+    if skipped:
+        logger.info("%d of %d train users have no snapshot row at a cut-off with a full window", skipped, len(users))
+    entities = pd.DataFrame(pairs, columns=[ENTITY_KEY, TIMESTAMP_COLUMN])
     features = features_asof(data_dir, entities)
     events = {s.name: raw_events(data_dir, s.name, user_ids=users) for s in SEQUENCE_SOURCES}
     by_user = {name: dict(tuple(frame.groupby(ENTITY_KEY))) for name, frame in events.items()}
@@ -276,7 +316,18 @@ def build_userqa(data_dir: Path, *, seed: int = 0, cutoffs_per_user: int = 2, pr
         general = answer_general(ctx)
         if general:
             records.append((user, cutoff, GENERAL_FAMILY, "", general))
-    return pd.DataFrame.from_records(records, columns=USERQA_COLUMNS)
+    triplets = pd.DataFrame.from_records(records, columns=USERQA_COLUMNS)
+    return drop_constant_families(triplets)
+
+
+def drop_constant_families(triplets: pd.DataFrame) -> pd.DataFrame:
+    """The triplets without the families whose answers take fewer than `MIN_DISTINCT_ANSWERS` values."""
+    distinct = triplets.groupby("family")["answer"].nunique()
+    constant = sorted(distinct.index[distinct < MIN_DISTINCT_ANSWERS])
+    if not constant:
+        return triplets
+    logger.info("dropping UserQA families with a constant answer on this data: %s", ", ".join(constant))
+    return triplets[~triplets["family"].isin(constant)].reset_index(drop=True)
 
 
 def instruction_catalog() -> dict:

@@ -28,8 +28,10 @@ def headline(metrics: dict[str, Any], binary_tasks: list[str]) -> dict[str, Any]
     mean_auc = {m: float(np.mean([tasks[t][m]["auc"] for t in binary_tasks if m in tasks[t]])) for m in methods}
     baselines = {m: mean_auc[m] for m in BASELINES if m in mean_auc}
     best = max(baselines, key=baselines.get)
-    oracle = float(np.mean([metrics["oracle"][t]["auc"] for t in binary_tasks if t in metrics["oracle"]]))
-    gap = oracle - baselines[best]
+    # Real data (MovieLens) has no oracle: then there is no gap to close and that target is left out.
+    oracle_aucs = [metrics["oracle"][t]["auc"] for t in binary_tasks if t in metrics["oracle"]]
+    oracle = float(np.mean(oracle_aucs)) if oracle_aucs else None
+    gap = oracle - baselines[best] if oracle is not None else float("nan")
     closed = (mean_auc[INSTRUCTED] - baselines[best]) / gap if gap > 0 else float("nan")
     wins = [t for t in tasks if _value(tasks[t][INSTRUCTED]) > _value(tasks[t][GENERAL])]
     out: dict[str, Any] = {
@@ -45,6 +47,13 @@ def headline(metrics: dict[str, Any], binary_tasks: list[str]) -> dict[str, Any]
         loss = {m: noise["0"][m] - noise["0.5"][m] for m in noise["0"]}
         out["noise_loss_at_0.5"] = loss
         out["noise_loss_share"] = loss[INSTRUCTED] / loss[best] if loss[best] > 0 else float("nan")
+    if oracle is None:
+        # Real data has no oracle; DESIGN §8 asks there that instructed beat bag-of-items on each binary task.
+        out["targets"] = {
+            f"instructed > bag_of_items on {t}": tasks[t][INSTRUCTED]["auc"] > tasks[t]["bag_of_items"]["auc"]
+            for t in binary_tasks
+        }
+        return out
     out["targets"] = {
         f"instructed >= best baseline + {MIN_MARGIN}": out["margin_over_best_baseline"] >= MIN_MARGIN,
         f"gap closed >= {MIN_GAP_CLOSED:.0%}": bool(closed >= MIN_GAP_CLOSED),
@@ -74,10 +83,13 @@ def markdown(metrics: dict[str, Any], summary: dict[str, Any], binary_tasks: lis
         cells = []
         for t in tasks:
             r = tasks[t][m]
-            cells.append(f"{r['auc']:.3f} (KS {r['ks']:.2f})" if "auc" in r else f"R@{r['k']} {r['recall_at_k']:.3f}")
+            cells.append(
+                f"{r['auc']:.3f} (KS {r['ks']:.2f})" if "auc" in r else f"R@{int(r['k'])} {r['recall_at_k']:.3f}"
+            )
         rows.append([m, *cells])
     oracle = metrics["oracle"]
-    rows.append(["oracle", *[f"{_value(oracle[t]):.3f}" if t in oracle else "-" for t in tasks]])
+    if oracle:
+        rows.append(["oracle", *[f"{_value(oracle[t]):.3f}" if t in oracle else "-" for t in tasks]])
     parts = [
         f"# {title}",
         f"{metrics['users']} evaluation users; 5-fold logistic-regression probes on frozen embeddings.",
@@ -85,12 +97,14 @@ def markdown(metrics: dict[str, Any], summary: dict[str, Any], binary_tasks: lis
         _table(header, rows),
     ]
     mean_rows = [[m, f"{v:.4f}"] for m, v in sorted(summary["mean_auc"].items(), key=lambda kv: -kv[1])]
-    mean_rows.append(["oracle", f"{summary['oracle_mean_auc']:.4f}"])
+    has_oracle = summary["oracle_mean_auc"] is not None  # real data has no oracle
+    if has_oracle:
+        mean_rows.append(["oracle", f"{summary['oracle_mean_auc']:.4f}"])
     parts += [f"## Mean AUC over {', '.join(binary_tasks)}", _table(["method", "mean AUC"], mean_rows)]
+    gap_closed = f"gap to the oracle closed: {summary['gap_closed']:.1%}; " if has_oracle else ""
     parts.append(
         f"Best baseline: **{summary['best_baseline']}**; "
-        f"instructed margin {summary['margin_over_best_baseline']:+.4f}; "
-        f"gap to the oracle closed: {summary['gap_closed']:.1%}; instructed beats general on "
+        f"instructed margin {summary['margin_over_best_baseline']:+.4f}; {gap_closed}instructed beats general on "
         f"{len(summary['tasks_instructed_beats_general'])} of {len(tasks)} tasks."
     )
     if metrics.get("noise"):
