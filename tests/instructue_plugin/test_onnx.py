@@ -1,0 +1,248 @@
+"""ONNX export and the onnxruntime embedder on the `tiny` preset: parity, manifest checks, providers, threads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import instructue_plugin
+from instructue_plugin.config import config_for_preset
+from instructue_plugin.embedder import TorchEmbedder
+from instructue_plugin.errors import ConfigError, CorruptModelError, SchemaMismatchError
+from instructue_plugin.manifest import MANIFEST_FILE, USER_GRAPH_FILE, read_manifest
+from instructue_plugin.model import InstructUEModel
+from instructue_plugin.onnx_export import ExportError, ExportParityError, export_model
+from instructue_plugin.onnx_runtime import OnnxEmbedder, clear_session_cache, gpu_status
+from instructue_plugin.schema import SCHEMA_HASH
+from instructue_plugin.sequence import GRAPH_INPUT_NAMES
+from tests.helpers import feature_rows, select_rows
+
+FUND = "Represent this user for predicting fund purchases in the next 30 days."
+CHURN = "Represent this user for predicting churn in the next 30 days."
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, list]:
+    # Row 1 lacks two sources, row 3 its profile, row 4 two more: lengths differ, so batches are padded.
+    return feature_rows(
+        6, seed=1, missing={1: ["bill", "search"], 3: ["profile"], 4: ["app", "miniprogram", "page_path"]}
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, rows) -> Path:
+    """A saved tiny model whose LoRA is not the identity (so merging it matters) and whose catalog is cached."""
+    model = InstructUEModel.create(config_for_preset("tiny")).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    TorchEmbedder(model).embed(rows)  # fills the item cache: the export precomputes these texts
+    folder = tmp_path_factory.mktemp("model")
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def export_dir(model_dir, tmp_path_factory) -> Path:
+    return export_model(model_dir, tmp_path_factory.mktemp("exports") / "export", int8=True)
+
+
+@pytest.fixture(scope="module")
+def torch_embedder(model_dir) -> TorchEmbedder:
+    return TorchEmbedder(InstructUEModel.from_pretrained(model_dir))
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder(export_dir) -> OnnxEmbedder:
+    return OnnxEmbedder.from_export(export_dir, providers=["CPUExecutionProvider"])
+
+
+def test_manifest_describes_the_export(export_dir, model_dir):
+    manifest = read_manifest(export_dir)
+    assert manifest["schema_hash"] == SCHEMA_HASH
+    assert manifest["exporter"]["name"] == "legacy" and manifest["exporter"]["fallback_reason"] is None
+    assert {"torch", "transformers", "onnx", "onnxruntime", "onnxscript"} <= set(manifest["versions"])
+    user = manifest["graphs"]["user_embedding"]
+    assert [i["name"] for i in user["inputs"]] == list(GRAPH_INPUT_NAMES)
+    assert [o["name"] for o in user["outputs"]] == ["user_embedding"]
+    assert user["outputs"][0]["shape"] == ["batch", manifest["embedding_dim"]]
+    shapes = {i["name"]: i["shape"] for i in user["inputs"]}
+    assert shapes["input_ids"] == ["batch", "seq"] and shapes["item_vectors"] == ["items", manifest["item_dim"]]
+    item = manifest["graphs"]["item_encoder"]
+    assert [o["name"] for o in item["outputs"]] == ["item_vector"]
+    assert item["inputs"][0]["shape"] == ["texts", "tokens"]
+    parity = manifest["parity"]
+    for graph in ("user_embedding", "item_encoder"):
+        assert parity[graph]["random_max_abs_diff"] <= 1e-4 and parity[graph]["real_max_abs_diff"] <= 1e-4
+    assert parity["user_embedding_int8"]["real_min_cosine"] >= 0.99
+    assert parity["user_embedding_int8"]["smoothed"] == {"attention_input": 2, "mlp_input": 2, "mlp_inner": 2}
+    catalog = json.loads((model_dir / "item_cache.json").read_text())
+    assert parity["item_encoder"]["catalog"]["texts"] == len(catalog) > 0
+    expected = {"user_embedding.onnx", "user_embedding.int8.onnx", "item_encoder.onnx", "llm_tokenizer.json"}
+    assert expected | {"item_tokenizer.json", "item_cache.npy", "item_cache.json"} <= set(manifest["files"])
+
+
+@pytest.mark.parametrize(
+    "instruction", [FUND, None, [FUND, CHURN, None, FUND, CHURN, ""]], ids=["fund", "general", "mixed"]
+)
+@pytest.mark.parametrize("batch_size", [32, 4])
+def test_onnxruntime_matches_pytorch(onnx_embedder, torch_embedder, rows, instruction, batch_size):
+    expected = torch_embedder.embed(rows, instruction, batch_size=batch_size)
+    got = onnx_embedder.embed(rows, instruction, batch_size=batch_size)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_int8_variant_stays_close(export_dir, torch_embedder, rows):
+    int8 = OnnxEmbedder.from_export(export_dir, variant="int8")
+    assert int8.providers == ["CPUExecutionProvider"]
+    for instruction in (FUND, None):
+        cosine = (int8.embed(rows, instruction) * torch_embedder.embed(rows, instruction)).sum(1)
+        assert cosine.min() >= 0.99
+
+
+def test_export_precomputes_the_catalog_and_encodes_unseen_items(export_dir, model_dir, torch_embedder, rows):
+    embedder = OnnxEmbedder.from_export(export_dir, providers=["CPUExecutionProvider"])
+    catalog = json.loads((model_dir / "item_cache.json").read_text())
+    assert len(embedder.item_cache) == len(catalog) and all(text in embedder.item_cache for text in catalog)
+    fresh = {name: [list(v) if isinstance(v, list) else v for v in values] for name, values in rows.items()}
+    fresh["bill_merchant"][0][-1] = "A merchant nobody has seen"
+    fresh["search_query"][2][-1] = "cheap flights to Chengdu"
+    assert "A merchant nobody has seen · travel" not in embedder.item_cache
+    got = embedder.embed(fresh, FUND)
+    assert np.abs(got - torch_embedder.embed(fresh, FUND)).max() <= 1e-4
+    assert "cheap flights to Chengdu" in embedder.item_cache
+
+
+def test_unknown_user_gets_nan_row(onnx_embedder, rows):
+    unknown = feature_rows(1, seed=5, missing={0: ["bill", "miniprogram", "page_path", "app", "search", "profile"]})
+    mixed = {name: rows[name][:2] + unknown[name] for name in rows}
+    out = onnx_embedder.embed(mixed, FUND)
+    assert np.isnan(out[2]).all() and np.isfinite(out[:2]).all()
+
+
+def test_dynamo_exporter_fallback_passes_parity(model_dir, torch_embedder, rows, tmp_path):
+    folder = export_model(model_dir, tmp_path / "dynamo", exporter="dynamo")
+    manifest = read_manifest(folder)
+    assert manifest["exporter"]["name"] == "dynamo"
+    embedder = OnnxEmbedder.from_export(folder, providers=["CPUExecutionProvider"])
+    for instruction in (FUND, None):
+        assert np.abs(embedder.embed(rows, instruction) - torch_embedder.embed(rows, instruction)).max() <= 1e-4
+    with pytest.raises(ConfigError, match="--int8"):
+        OnnxEmbedder.from_export(folder, variant="int8")
+
+
+def test_parity_failure_is_loud_and_writes_nothing(model_dir, tmp_path):
+    with pytest.raises(ExportParityError, match="differs from PyTorch"):
+        export_model(model_dir, tmp_path / "strict", exporter="legacy", tolerance=1e-12)
+    assert not (tmp_path / "strict").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no staging folder left behind
+
+
+def test_export_refuses_a_folder_that_is_not_an_export(model_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not an export folder"):
+        export_model(model_dir, tmp_path)
+
+
+def test_tampered_file_is_refused(export_dir, tmp_path):
+    copy = shutil.copytree(export_dir, tmp_path / "export")
+    graph = copy / USER_GRAPH_FILE
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(CorruptModelError, match=r"user_embedding\.onnx.*re-export"):
+        OnnxEmbedder.from_export(copy)
+
+
+def test_other_schema_hash_is_refused(export_dir, tmp_path):
+    copy = shutil.copytree(export_dir, tmp_path / "export")
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["schema_hash"] = "0000000000000000"
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(SchemaMismatchError, match="0000000000000000.*export it again"):
+        instructue_plugin.load(copy)
+
+
+@pytest.mark.skipif(gpu_status()[0], reason="this machine has a GPU")
+def test_without_gpu_sessions_run_on_cpu_and_one_warning_says_why(export_dir, caplog):
+    clear_session_cache()
+    with caplog.at_level(logging.WARNING, logger="instructue_plugin.onnx_runtime"):
+        embedder = OnnxEmbedder.from_export(export_dir)
+    assert embedder.providers == ["CPUExecutionProvider"]
+    assert embedder.item_providers == ["CPUExecutionProvider"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name.endswith("onnx_runtime")]
+    assert len(warnings) == 1
+    assert "CPU only" in warnings[0].getMessage() and "NVIDIA" in warnings[0].getMessage()
+
+
+def test_sessions_are_shared_per_export(export_dir):
+    first = OnnxEmbedder.from_export(export_dir, providers=["CPUExecutionProvider"])
+    second = OnnxEmbedder.from_export(export_dir, providers=["CPUExecutionProvider"])
+    assert first._user_session is second._user_session and first._item_session is second._item_session
+
+
+def test_concurrent_embed_calls_match_serial_calls(onnx_embedder, rows):
+    jobs = [(select_rows(rows, [i % 6, (i + 1) % 6, (i + 3) % 6]), [FUND, CHURN, None][i % 3]) for i in range(16)]
+    serial = [onnx_embedder.embed(features, instruction) for features, instruction in jobs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parallel = list(pool.map(lambda job: onnx_embedder.embed(*job), jobs))
+    for one, other in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(one, other)
+
+
+def test_load_dispatches_export_folders_to_onnxruntime(export_dir):
+    assert isinstance(instructue_plugin.load(export_dir), OnnxEmbedder)
+
+
+def test_embedding_with_onnxruntime_loads_neither_torch_nor_transformers(export_dir):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        import instructue_plugin
+        from tests.helpers import feature_rows
+        embedder = instructue_plugin.load({str(export_dir)!r})
+        out = embedder.embed(feature_rows(3, seed=2), "for fund marketing")
+        assert out.shape == (3, embedder.dim), out.shape
+        heavy = sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules)
+        print("heavy:", heavy)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "heavy: []" in result.stdout
+
+
+# ----- GPU only (deselected by default; run with -m gpu on a machine with an NVIDIA GPU) --------------------
+
+
+@pytest.mark.gpu
+def test_tensorrt_fp16_parity_gpu_only(export_dir, torch_embedder, rows, tmp_path):
+    pytest.importorskip("tensorrt")
+    embedder = OnnxEmbedder.from_export(export_dir, trt_cache_dir=tmp_path / "trt")
+    assert embedder.providers[0] == "TensorrtExecutionProvider"
+    cosine = (embedder.embed(rows, FUND) * torch_embedder.embed(rows, FUND)).sum(1)
+    assert cosine.min() >= 0.999
+    assert any((tmp_path / "trt").iterdir()), "the TensorRT engine cache is written"
+
+
+@pytest.mark.gpu
+def test_cuda_parity_gpu_only(export_dir, torch_embedder, rows):
+    embedder = OnnxEmbedder.from_export(export_dir, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert embedder.providers[0] == "CUDAExecutionProvider"
+    cosine = (embedder.embed(rows, FUND) * torch_embedder.embed(rows, FUND)).sum(1)
+    assert cosine.min() >= 0.9999
