@@ -97,6 +97,20 @@ def snapshots(
 
 @app.command()
 @_friendly_errors
+def movielens(
+    out: Annotated[Path, typer.Option(help="Output data folder (same layout as `instructue synth`).")],
+    seed: Annotated[int, typer.Option(help="Seed of the train/eval split.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a previous build in --out.")] = False,
+) -> None:
+    """Map MovieLens-100K (read from the installed recbole package, never copied) into a data folder."""
+    from training.movielens import build_movielens
+
+    folder = build_movielens(out, seed=seed, overwrite=overwrite)
+    typer.echo(f"MovieLens-100K data folder written to {folder}")
+
+
+@app.command()
+@_friendly_errors
 def userqa(
     data: Annotated[Path, typer.Option(help="Data folder (snapshots/, raw/, labels.parquet).")],
     out: Annotated[Path, typer.Option(help="Output parquet file.")],
@@ -121,7 +135,7 @@ def train(
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
     loss: Annotated[str, typer.Option(help="both | contrastive | ar")] = "both",
     batch_size: Annotated[int, typer.Option(help="Triplets per step.")] = 16,
-    lr: Annotated[float, typer.Option(help="Peak learning rate of the LoRA weights.")] = 3e-4,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the LoRA weights.")] = 1e-3,
     userqa_file: Annotated[Path | None, typer.Option("--userqa", help="A UserQA file (default: built).")] = None,
     time_budget: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -242,3 +256,110 @@ def evaluate(
         f"report written to {out} (best baseline {summary['best_baseline']}, "
         f"margin {summary['margin_over_best_baseline']:+.4f})"
     )
+
+
+@bench_app.command("synth")
+@_friendly_errors
+def bench_synth(
+    users: Annotated[int, typer.Option(help="Users to generate.")] = 1_000_000,
+    out: Annotated[Path | None, typer.Option(help="Keep the data here (default: a temporary folder).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Generator throughput and peak memory -> reports/bench-synth.json."""
+    from training.bench_synth import run
+
+    report = run(users, out_dir=out, seed=seed, report_path=REPORTS / "bench-synth.json", progress=True)
+    typer.echo(json.dumps(report, indent=2))
+
+
+@bench_app.command("train")
+@_friendly_errors
+def bench_train(
+    presets: Annotated[str, typer.Option(help="Comma-separated presets.")] = "tiny,smol-cpu",
+    batch_size: Annotated[int, typer.Option(help="Triplets per step.")] = 16,
+    steps: Annotated[int, typer.Option(help="Timed steps per preset.")] = 5,
+) -> None:
+    """Training samples/s and seconds per step -> reports/bench-train.json."""
+    from training.bench_train import format_table, run
+
+    names = tuple(p.strip() for p in presets.split(",") if p.strip())
+    report = run(presets=names, batch_size=batch_size, steps=steps, report_path=REPORTS / "bench-train.json")
+    typer.echo(format_table(report))
+
+
+@bench_app.command("embed")
+@_friendly_errors
+def bench_embed(
+    presets: Annotated[str, typer.Option(help="Comma-separated presets (smol is slow on a CPU).")] = "smol-cpu",
+    batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
+) -> None:
+    """PyTorch eager vs onnxruntime fp32 vs int8 throughput -> reports/bench-embed.json."""
+    from training.bench_embed import format_table, run
+
+    report = run(
+        presets=tuple(p.strip() for p in presets.split(",") if p.strip()),
+        batches=tuple(int(b) for b in batches.split(",") if b.strip()),
+        report_path=REPORTS / "bench-embed.json",
+        progress=typer.echo,
+    )
+    typer.echo(format_table(report))
+
+
+@bench_app.command("online")
+@_friendly_errors
+def bench_online(
+    repo: Annotated[Path, typer.Option(help="An applied and materialized Feast repo.")] = Path("feast_repo"),
+    repeats: Annotated[int, typer.Option(help="Reads per case.")] = 200,
+) -> None:
+    """get_online_features latency: raw, materialized and on-read embeddings -> reports/bench-online.json."""
+    from training.bench_online import format_table, run
+
+    report = run(repo, report_path=REPORTS / "bench-online.json", repeats=repeats)
+    typer.echo(format_table(report))
+
+
+@app.command()
+@_friendly_errors
+def materialize(
+    repo: Annotated[Path, typer.Option(help="The applied Feast repo.")] = Path("feast_repo"),
+    instructions: Annotated[
+        Path | None, typer.Option(help="Named instructions (default: <repo>/instructions.yaml).")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="Model or export folder (default: INSTRUCTUE_MODEL).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Users per batch (the unit of resumption).")] = 256,
+    force: Annotated[bool, typer.Option(help="Recompute everything, ignoring the resume state.")] = False,
+) -> None:
+    """Compute the named instructions' embeddings for every user and write them to the online store."""
+    from .materialize import materialize_embeddings
+
+    summary = materialize_embeddings(
+        repo, instructions_file=instructions, model_path=model, batch_size=batch_size, force=force
+    )
+    typer.echo(summary.describe())
+
+
+@app.command()
+@_friendly_errors
+def export(
+    model: Annotated[Path, typer.Option(help="A trained model folder.")],
+    out: Annotated[Path, typer.Option(help="Export folder (ONNX graphs, tokenizers, item cache, manifest).")],
+    int8: Annotated[bool, typer.Option(help="Also write a per-channel int8 variant for CPUs.")] = False,
+) -> None:
+    """Export a trained model to ONNX, check it (checker and parity with PyTorch) and write a manifest."""
+    from .onnx_export import export_model
+
+    folder = export_model(model, out, int8=int8, progress=typer.echo)
+    typer.echo(f"export written to {folder}")
+
+
+@app.command()
+@_friendly_errors
+def demo(fresh: Annotated[bool, typer.Option(help="Redo every step instead of reusing outputs.")] = False) -> None:
+    """The whole path on the embedded default: data, training, evaluation, export, Feast, and two users."""
+    from training.demo import run_demo
+
+    run_demo(echo=typer.echo, fresh=fresh)
+
+
+if __name__ == "__main__":  # `python -m instructue_plugin.cli`, e.g. under `accelerate launch`
+    app()

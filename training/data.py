@@ -72,9 +72,7 @@ def raw_events(data_dir: Path, source: str, *, user_ids: list[int] | None = None
     if user_ids is not None:
         con.register("wanted", pd.DataFrame({ENTITY_KEY: list(user_ids)}))
         where = f"WHERE {ENTITY_KEY} IN (SELECT {ENTITY_KEY} FROM wanted)"
-    query = (
-        f"SELECT * FROM read_parquet('{folder}/*.parquet') {where} ORDER BY {ENTITY_KEY}, {TIMESTAMP_COLUMN}"
-    )
+    query = f"SELECT * FROM read_parquet('{folder}/*.parquet') {where} ORDER BY {ENTITY_KEY}, {TIMESTAMP_COLUMN}"
     events = con.execute(query).df()
     con.close()
     return events
@@ -88,9 +86,7 @@ def last_event_time(data_dir: Path) -> pd.Timestamp:
     for source in SEQUENCE_SOURCES:
         folder = _require(Path(data_dir) / RAW / source.name, f"raw logs of {source.name!r}")
         newest.append(
-            con.execute(f"SELECT max({TIMESTAMP_COLUMN}) FROM read_parquet('{folder}/*.parquet')").fetchone()[
-                0
-            ]
+            con.execute(f"SELECT max({TIMESTAMP_COLUMN}) FROM read_parquet('{folder}/*.parquet')").fetchone()[0]
         )
     con.close()
     return pd.Timestamp(max(t for t in newest if t is not None)).tz_convert("UTC")

@@ -55,8 +55,8 @@ class TrainConfig(BaseModel):
     # Each batch holds this many question families (batch_size / families_per_batch triplets each): negatives
     # of the same family force the contrastive loss to tell users apart, not merely question types.
     families_per_batch: int = 2
-    lr: float = 3e-4  # LoRA weights
-    new_params_lr: float = 1e-3  # adapters, special tokens and head start from scratch: a larger step
+    lr: float = 1e-3  # LoRA weights
+    new_params_lr: float = 3e-3  # adapters, special tokens and head start from scratch: a larger step
     weight_decay: float = 0.01
     warmup_steps: int = 30
     grad_clip: float = 1.0

@@ -40,7 +40,13 @@ def make_probe(features, *, ranking: bool = False) -> Pipeline:
     if ranking:
         return make_pipeline(scaler, LogisticRegression(C=RANKING_C, max_iter=300, tol=1e-3))
     search = LogisticRegressionCV(
-        Cs=list(PROBE_CS), cv=3, scoring="roc_auc", max_iter=500, tol=1e-3, l1_ratios=(0.0,), use_legacy_attributes=False
+        Cs=list(PROBE_CS),
+        cv=3,
+        scoring="roc_auc",
+        max_iter=500,
+        tol=1e-3,
+        l1_ratios=(0.0,),
+        use_legacy_attributes=False,
     )
     return make_pipeline(scaler, search)
 

@@ -1,0 +1,170 @@
+"""`instructue demo`: the whole path on the embedded default, narrated for a newcomer.
+
+generate data -> build UserQA and train the `smol-cpu` preset briefly -> evaluate -> export to ONNX ->
+`feast apply` -> materialize the raw views and the named instructions' embeddings -> show two users: their
+general and instructed embeddings read back from Feast, their nearest users under two instructions, and what
+the model says about them. Each step reuses its output when it already exists (`fresh=True` redoes all).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from instructue_plugin import settings
+from instructue_plugin.schema import SEQUENCE_SOURCES
+
+from .data import features_asof, read_labels
+
+DEMO_USERS = 2000
+DEMO_STEPS = 150  # about 4 minutes of smol-cpu training on 2 cores: enough to show the path, not for quality
+DEMO_EVAL_USERS = 300
+FUND = "Represent this user for predicting fund purchases in the next 30 days."
+TRAVEL = "Represent this user for a travel coupon campaign."
+QUESTION = "What does this user mostly spend on?"
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where the demo writes: the documented defaults of INSTRUCTUE_DATA and INSTRUCTUE_MODEL."""
+
+    data: Path
+    model: Path
+    export: Path
+    repo: Path
+    report: Path
+
+    @classmethod
+    def default(cls) -> DemoPaths:
+        root = settings.PROJECT_ROOT
+        return cls(
+            data=settings.data_dir(),
+            model=root / "models" / "demo" / "model",
+            export=settings.model_dir(),
+            repo=root / "feast_repo",
+            report=root / "reports" / "demo",
+        )
+
+
+def _step(echo: Callable[[str], None], title: str) -> Callable[[], None]:
+    echo(f"\n== {title}")
+    started = time.monotonic()
+    return lambda: echo(f"   done in {time.monotonic() - started:.0f} s")
+
+
+def _top_categories(row: pd.Series, k: int = 3) -> str:
+    values = row.get("bill_category")
+    if values is None or len(values) == 0:
+        return "no payments"
+    return ", ".join(c for c, _ in Counter(values).most_common(k))
+
+
+def run_demo(*, echo: Callable[[str], None], fresh: bool = False, paths: DemoPaths | None = None) -> None:
+    """Run every step of the demo, printing what a newcomer should see through `echo`."""
+    from instructue_plugin.embedder import TorchEmbedder
+    from instructue_plugin.feast_store import open_store
+    from instructue_plugin.materialize import materialize_embeddings
+    from instructue_plugin.model import InstructUEModel
+    from instructue_plugin.onnx_export import export_model
+    from instructue_plugin.onnx_runtime import OnnxEmbedder
+
+    from .evaluate.report import write_report
+    from .evaluate.runner import BINARY_TASKS, EvalSettings, evaluate
+    from .synth import generate
+    from .trainer import TrainConfig, train
+
+    paths = paths or DemoPaths.default()
+    started = time.monotonic()
+    if fresh:
+        for folder in (paths.data, paths.model, paths.export, paths.report):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    done = _step(echo, f"1. synthetic data: {DEMO_USERS} users -> {paths.data}")
+    if not (paths.data / "labels.parquet").exists():
+        generate(paths.data, users=DEMO_USERS, seed=0, overwrite=True, progress=True)
+    done()
+
+    done = _step(echo, f"2. UserQA + training the smol-cpu preset for {DEMO_STEPS} steps -> {paths.model}")
+    if not (paths.model / "model.safetensors").exists():
+        shutil.rmtree(paths.model, ignore_errors=True)
+        train(TrainConfig(data=paths.data, out=paths.model, preset="smol-cpu", steps=DEMO_STEPS, warmup_steps=15))
+    echo(f"   loss curve: {paths.model / 'losses.png'}")
+    done()
+
+    done = _step(echo, f"3. evaluation on {DEMO_EVAL_USERS} held-out users -> {paths.report}")
+    if not (paths.report / "metrics.json").exists():
+        metrics = evaluate(
+            EvalSettings(data=paths.data, model=paths.model, max_users=DEMO_EVAL_USERS, noise_rates=(0.0, 0.5))
+        )
+        summary = write_report(metrics, paths.report, binary_tasks=list(BINARY_TASKS), title="InstructUE demo")
+        for method, auc in sorted(summary["mean_auc"].items(), key=lambda kv: -kv[1]):
+            echo(f"   mean AUC {auc:.3f}  {method}")
+        echo(f"   oracle   {summary['oracle_mean_auc']:.3f}  (the ceiling; a short demo run is far from it)")
+    done()
+
+    done = _step(echo, f"4. ONNX export -> {paths.export}")
+    if not (paths.export / "manifest.json").exists():
+        export_model(paths.model, paths.export)
+    done()
+
+    done = _step(echo, f"5. feast apply + materialize ({paths.repo})")
+    env = dict(os.environ, INSTRUCTUE_DATA=str(paths.data), INSTRUCTUE_MODEL=str(paths.export))
+    feast = str(Path(sys.executable).with_name("feast"))
+    subprocess.run([feast, "apply"], cwd=paths.repo, env=env, check=True, capture_output=True, text=True)
+    store = open_store(paths.repo)
+    now = datetime.now(UTC)
+    views = [s.name for s in SEQUENCE_SOURCES] + ["profile"]
+    store.materialize(start_date=now - timedelta(days=3650), end_date=now, feature_views=views)
+    summary = materialize_embeddings(paths.repo, model_path=paths.export)
+    echo(f"   {summary.describe()}")
+    done()
+
+    done = _step(echo, "6. two users, read back from Feast")
+    labels = read_labels(paths.data)
+    eval_users = labels[labels["split"] == "eval"]
+    chosen = [
+        int(eval_users.loc[eval_users["fund_purchase"] == 1, "user_id"].iloc[0]),
+        int(eval_users.loc[eval_users["travel_coupon"] == 1, "user_id"].iloc[0]),
+    ]
+    rows = [{"user_id": u, "instruction_id": i} for u in chosen for i in ("general", "fund", "travel")]
+    online = store.get_online_features(features=["user_embedding_materialized:embedding"], entity_rows=rows)
+    for row, vector in zip(rows, online.to_dict()["embedding"], strict=True):
+        shown = np.round(np.asarray(vector[:6]), 3) if vector is not None else None
+        echo(f"   user {row['user_id']:>5} {row['instruction_id']:<8} {shown} ...")
+
+    cutoff = pd.Timestamp(labels["cutoff"].iloc[0])
+    pool = eval_users["user_id"].astype(int).head(600).tolist()
+    features = features_asof(paths.data, pd.DataFrame({"user_id": pool, "event_timestamp": [cutoff] * len(pool)}))
+    embedder = OnnxEmbedder.from_export(paths.export)
+    describe = {int(u): _top_categories(r) for u, (_, r) in zip(pool, features.iterrows(), strict=True)}
+    for name, instruction in (("fund", FUND), ("travel", TRAVEL)):
+        vectors = embedder.embed(features, instruction)
+        for user in chosen:
+            me = vectors[pool.index(user)]
+            similarity = vectors @ me
+            similarity[pool.index(user)] = -np.inf
+            nearest = [pool[i] for i in np.argsort(-similarity)[:3]]
+            echo(
+                f"   [{name:<6}] nearest to {user} ({describe[user]}): "
+                + "; ".join(f"{n} ({describe[n]})" for n in nearest)
+            )
+    done()
+
+    done = _step(echo, f"7. the model describes the two users: {QUESTION!r}")
+    model = TorchEmbedder(InstructUEModel.from_pretrained(paths.model))
+    for user in chosen:
+        row = features.iloc[[pool.index(user)]]
+        echo(f"   user {user} (actual top categories: {describe[user]}): {model.answer(row, QUESTION)!r}")
+    done()
+    echo(f"\nDemo finished in {(time.monotonic() - started) / 60:.1f} min. Next: README.md, `instructue --help`.")
