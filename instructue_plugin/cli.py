@@ -198,6 +198,33 @@ def embed(
         typer.echo(f"{user_id}: {vector[:8]} ... (dim {len(vector)})")
 
 
+@app.command()
+@_friendly_errors
+def answer(
+    model: Annotated[Path, typer.Option(help="A trained model folder (PyTorch: generation needs the LM head).")],
+    data: Annotated[Path, typer.Option(help="Data folder whose snapshots are read.")],
+    users: Annotated[str, typer.Option(help="Comma-separated user ids.")],
+    question: Annotated[str, typer.Option(help="The question.")] = "What does this user mostly spend money on?",
+    at: Annotated[str | None, typer.Option(help="Point in time (ISO); default: the latest snapshot.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 40,
+) -> None:
+    """Ask the model about users: it answers in words from their behaviour."""
+    import pandas as pd
+
+    from training.data import features_asof
+
+    from .embedder import TorchEmbedder
+    from .model import InstructUEModel
+
+    ids = _parse_users(users)
+    when = pd.Timestamp(at, tz="UTC") if at else pd.Timestamp("2200-01-01", tz="UTC")
+    features = features_asof(data, pd.DataFrame({"user_id": ids, "event_timestamp": [when] * len(ids)}))
+    embedder = TorchEmbedder(InstructUEModel.from_pretrained(model))
+    for i, user_id in enumerate(ids):
+        reply = embedder.answer(features.iloc[[i]], question, max_new_tokens=max_new_tokens)
+        typer.echo(f"{user_id}: {reply}")
+
+
 def _parse_named_paths(value: str | None) -> dict[str, Path]:
     if not value:
         return {}
@@ -303,6 +330,22 @@ def bench_embed(
         progress=typer.echo,
     )
     typer.echo(format_table(report))
+
+
+@bench_app.command("int8")
+@_friendly_errors
+def bench_int8(
+    model: Annotated[Path, typer.Option(help="An export made with --int8.")],
+    data: Annotated[Path, typer.Option(help="Data folder with labels.parquet (eval split).")],
+    max_users: Annotated[int | None, typer.Option(help="Evaluate at most this many eval users.")] = None,
+) -> None:
+    """Probe AUC of the int8 variant vs fp32 on the evaluation tasks -> reports/bench-int8.json."""
+    from training.evaluate.variant_parity import int8_probe_parity
+
+    report = int8_probe_parity(model, data, max_users=max_users, report_path=REPORTS / "bench-int8.json")
+    for name, row in report["aucs"].items():
+        typer.echo(f"{name:<32} fp32 {row['fp32']:.4f}  int8 {row['int8']:.4f}  diff {row['difference']:+.4f}")
+    typer.echo(f"largest |difference| {report['max_abs_auc_difference']:.4f} (target <= 0.005)")
 
 
 @bench_app.command("online")

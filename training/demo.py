@@ -70,8 +70,20 @@ def _top_categories(row: pd.Series, k: int = 3) -> str:
     return ", ".join(c for c, _ in Counter(values).most_common(k))
 
 
-def run_demo(*, echo: Callable[[str], None], fresh: bool = False, paths: DemoPaths | None = None) -> None:
-    """Run every step of the demo, printing what a newcomer should see through `echo`."""
+def run_demo(
+    *,
+    echo: Callable[[str], None],
+    fresh: bool = False,
+    paths: DemoPaths | None = None,
+    preset: str = "smol-cpu",
+    users: int = DEMO_USERS,
+    steps: int = DEMO_STEPS,
+    eval_users: int = DEMO_EVAL_USERS,
+) -> None:
+    """Run every step of the demo, printing what a newcomer should see through `echo`.
+
+    The defaults are the documented demo; tests run the same path on the `tiny` preset and fewer users.
+    """
     from instructue_plugin.embedder import TorchEmbedder
     from instructue_plugin.feast_store import open_store
     from instructue_plugin.materialize import materialize_embeddings
@@ -90,22 +102,22 @@ def run_demo(*, echo: Callable[[str], None], fresh: bool = False, paths: DemoPat
         for folder in (paths.data, paths.model, paths.export, paths.report):
             shutil.rmtree(folder, ignore_errors=True)
 
-    done = _step(echo, f"1. synthetic data: {DEMO_USERS} users -> {paths.data}")
+    done = _step(echo, f"1. synthetic data: {users} users -> {paths.data}")
     if not (paths.data / "labels.parquet").exists():
-        generate(paths.data, users=DEMO_USERS, seed=0, overwrite=True, progress=True)
+        generate(paths.data, users=users, seed=0, overwrite=True, progress=True)
     done()
 
-    done = _step(echo, f"2. UserQA + training the smol-cpu preset for {DEMO_STEPS} steps -> {paths.model}")
+    done = _step(echo, f"2. UserQA + training the {preset} preset for {steps} steps -> {paths.model}")
     if not (paths.model / "model.safetensors").exists():
         shutil.rmtree(paths.model, ignore_errors=True)
-        train(TrainConfig(data=paths.data, out=paths.model, preset="smol-cpu", steps=DEMO_STEPS, warmup_steps=15))
+        train(TrainConfig(data=paths.data, out=paths.model, preset=preset, steps=steps, warmup_steps=min(15, steps)))
     echo(f"   loss curve: {paths.model / 'losses.png'}")
     done()
 
-    done = _step(echo, f"3. evaluation on {DEMO_EVAL_USERS} held-out users -> {paths.report}")
+    done = _step(echo, f"3. evaluation on {eval_users} held-out users -> {paths.report}")
     if not (paths.report / "metrics.json").exists():
         metrics = evaluate(
-            EvalSettings(data=paths.data, model=paths.model, max_users=DEMO_EVAL_USERS, noise_rates=(0.0, 0.5))
+            EvalSettings(data=paths.data, model=paths.model, max_users=eval_users, noise_rates=(0.0, 0.5))
         )
         summary = write_report(metrics, paths.report, binary_tasks=list(BINARY_TASKS), title="InstructUE demo")
         for method, auc in sorted(summary["mean_auc"].items(), key=lambda kv: -kv[1]):
@@ -132,10 +144,10 @@ def run_demo(*, echo: Callable[[str], None], fresh: bool = False, paths: DemoPat
 
     done = _step(echo, "6. two users, read back from Feast")
     labels = read_labels(paths.data)
-    eval_users = labels[labels["split"] == "eval"]
+    held_out = labels[labels["split"] == "eval"]
     chosen = [
-        int(eval_users.loc[eval_users["fund_purchase"] == 1, "user_id"].iloc[0]),
-        int(eval_users.loc[eval_users["travel_coupon"] == 1, "user_id"].iloc[0]),
+        int(held_out.loc[held_out["fund_purchase"] == 1, "user_id"].iloc[0]),
+        int(held_out.loc[held_out["travel_coupon"] == 1, "user_id"].iloc[0]),
     ]
     rows = [{"user_id": u, "instruction_id": i} for u in chosen for i in ("general", "fund", "travel")]
     online = store.get_online_features(features=["user_embedding_materialized:embedding"], entity_rows=rows)
@@ -144,7 +156,7 @@ def run_demo(*, echo: Callable[[str], None], fresh: bool = False, paths: DemoPat
         echo(f"   user {row['user_id']:>5} {row['instruction_id']:<8} {shown} ...")
 
     cutoff = pd.Timestamp(labels["cutoff"].iloc[0])
-    pool = eval_users["user_id"].astype(int).head(600).tolist()
+    pool = held_out["user_id"].astype(int).head(600).tolist()
     features = features_asof(paths.data, pd.DataFrame({"user_id": pool, "event_timestamp": [cutoff] * len(pool)}))
     embedder = OnnxEmbedder.from_export(paths.export)
     describe = {int(u): _top_categories(r) for u, (_, r) in zip(pool, features.iterrows(), strict=True)}

@@ -40,7 +40,6 @@ import importlib.util
 import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,10 +59,15 @@ from instructue_plugin.schema import (
     SEQUENCE_BY_NAME,
     SEQUENCE_SOURCES,
     SOURCE_NAMES,
-    TIMESTAMP_COLUMN,
 )
 from training.instructions import task_instructions
-from training.snapshots import SNAPSHOT_DIR, TIMESTAMP_TYPE, profile_chunk, snapshot_chunk
+from training.snapshots import (
+    TIMESTAMP_TYPE,
+    prepare_data_folder,
+    profile_chunk,
+    raw_table,
+    snapshot_chunk,
+)
 from training.synth.generator import TRAIN_FRACTION, train_split
 
 if TYPE_CHECKING:
@@ -80,7 +84,6 @@ TASKS = ("gender", "age_bracket", "next_genre")
 BINARY_TASKS = TASKS[:2]
 RANKING_TASKS = {"next_genre": 3}
 TITLE = "InstructUE evaluation (MovieLens-100K)"
-OUTPUTS = ("raw", SNAPSHOT_DIR, "labels.parquet", "meta.json")  # what `build_movielens` writes (and may remove)
 _US = 1_000_000
 _DAY_S = 86_400
 
@@ -219,29 +222,6 @@ def _quantile_times(ratings: pd.DataFrame, quantile: float) -> pd.Series:
     return ratings.loc[at].set_index(ENTITY_KEY)["ts"]
 
 
-def _raw_table(user_id: np.ndarray, ts_us: np.ndarray, fields: dict[str, pa.Array]) -> pa.Table:
-    columns = {ENTITY_KEY: pa.array(user_id, pa.int64()), TIMESTAMP_COLUMN: pa.array(ts_us).cast(TIMESTAMP_TYPE)}
-    return pa.table(columns | fields)
-
-
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataValidationError(f"output path {out_dir} is a file, not a folder")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise DataValidationError(
-                f"output folder {out_dir} exists and is not empty; pass overwrite=True to replace a previous "
-                "build there, or choose an empty folder"
-            )
-        for name in OUTPUTS:
-            path = out_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
 def build_movielens(
     out_dir: Path,
     *,
@@ -265,7 +245,7 @@ def build_movielens(
     """
     out_dir = Path(out_dir)
     ml = read_movielens(source_dir)
-    _prepare_out_dir(out_dir, overwrite)
+    prepare_data_folder(out_dir, overwrite=overwrite)
     ratings = ratings_with_movies(ml)
     users = ml.users[ENTITY_KEY].to_numpy()
 
@@ -287,15 +267,15 @@ def build_movielens(
                 "channel": pa.array(ratings["channel"], pa.string()),
                 "amount": pa.array(ratings["rating"].to_numpy(np.float32)),
             }
-            raw[source.name] = _raw_table(user_id, ts_us, fields)
+            raw[source.name] = raw_table(user_id, ts_us, fields)
             events = {"user_id": user_id, "ts_us": ts_us, "fields": fields}
         else:  # absent source: no events, empty lists in every snapshot row
             fields = {f.name: pa.array([], pa.string() if f.role == "text" else pa.float32()) for f in source.fields}
-            raw[source.name] = _raw_table(np.zeros(0, np.int64), np.zeros(0, np.int64), fields)
+            raw[source.name] = raw_table(np.zeros(0, np.int64), np.zeros(0, np.int64), fields)
             events = {"user_id": np.zeros(0, np.int64), "ts_us": np.zeros(0, np.int64), "fields": fields}
         snapshots[source.name] = snapshot_chunk(source, **events, row_user=row_user, row_time_us=row_time_us)
 
-    raw[PROFILE.name] = _raw_table(row_user, row_time_us, _profile_fields(ml, ratings, row_user, row_time_us))
+    raw[PROFILE.name] = raw_table(row_user, row_time_us, _profile_fields(ml, ratings, row_user, row_time_us))
     snapshots[PROFILE.name] = profile_chunk(
         user_id=row_user,
         ts_us=row_time_us,

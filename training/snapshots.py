@@ -68,6 +68,42 @@ logger = logging.getLogger(__name__)
 
 SNAPSHOT_DIR = SNAPSHOTS_FOLDER
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+
+
+# What a data folder holds (written by `instructue synth` and the MovieLens builder; replaced on overwrite).
+DATA_FOLDER_OUTPUTS = ("raw", SNAPSHOTS_FOLDER, "labels.parquet", "meta.json")
+
+
+def raw_table(user_id: np.ndarray, ts_us: np.ndarray, fields: Mapping[str, pa.Array | np.ndarray]) -> pa.Table:
+    """A raw event table: `user_id`, `event_timestamp` (from unix microseconds), then the given fields."""
+    columns = {ENTITY_KEY: pa.array(user_id, pa.int64()), TIMESTAMP_COLUMN: pa.array(ts_us).cast(TIMESTAMP_TYPE)}
+    columns.update({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in fields.items()})
+    return pa.table(columns)
+
+
+def prepare_data_folder(out_dir: Path, *, overwrite: bool) -> None:
+    """Create `out_dir`; refuse a non-empty one unless `overwrite`, which removes only a previous build's outputs.
+
+    Raises:
+        DataValidationError: `out_dir` is a file, or holds something and `overwrite` is off.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataValidationError(f"output path {out_dir} is a file, not a folder")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise DataValidationError(
+                f"output folder {out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace "
+                "a previous build there, or choose an empty folder"
+            )
+        for name in DATA_FOLDER_OUTPUTS:
+            path = out_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
 _US = 1_000_000
 _MAX_SNAPSHOT_TIMES = 100_000
 _ITEMS_PER_SLICE = 2_000_000  # list items per written slice of snapshot rows (bounds memory)

@@ -32,9 +32,9 @@ CLI_TIMEOUT_S = 300
 # Snapshot rows fall on these dates; item times fall in [EVENTS_START, the last snapshot).
 SNAPSHOT_TIMES = tuple(datetime(2025, month, 1, tzinfo=UTC) for month in (1, 2, 3, 4))
 EVENTS_START = datetime(2024, 11, 1, tzinfo=UTC)
-# The materialization window covers every snapshot row.
+# The materialization window covers every snapshot row of the handmade data and of the generator (2026).
 MATERIALIZE_START = "2024-01-01T00:00:00+00:00"
-MATERIALIZE_END = "2025-06-01T00:00:00+00:00"
+MATERIALIZE_END = "2027-01-01T00:00:00+00:00"
 # `feast materialize` names the six behaviour views: the materialized-embedding view's batch source (its
 # offline copy) exists only once `instructue materialize` has run (see feast_repo/README.md).
 BEHAVIOUR_VIEW_ARGS = tuple(arg for name in schema.SOURCE_NAMES for arg in ("--views", name))

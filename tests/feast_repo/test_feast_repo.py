@@ -18,6 +18,8 @@ from feast.types import Array, Float32, Int64, String
 
 from instructue_plugin import schema
 from instructue_plugin.feast_definitions import FEATURE_TTL, snapshot_arrow_schema, snapshot_path
+from tests.feast_repo.conftest import write_snapshot_dataset
+from training.synth import generate
 
 # ibis (under the duckdb offline store) calls a duckdb method that duckdb 2 deprecates; harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:fetch_arrow_table:DeprecationWarning")
@@ -47,6 +49,10 @@ def _expected_dtypes(source_name: str) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def snapshots(snapshot_data_dir: Path) -> dict[str, dict[int, list[Row]]]:
     """Per source, each user's snapshot rows (plain Python values), oldest first."""
+    return _read_snapshots(snapshot_data_dir)
+
+
+def _read_snapshots(snapshot_data_dir: Path) -> dict[str, dict[int, list[Row]]]:
     tables: dict[str, dict[int, list[Row]]] = {}
     for name in schema.SOURCE_NAMES:
         by_user: dict[int, list[Row]] = {}
@@ -86,7 +92,18 @@ def test_snapshot_files_match_the_schema(snapshot_data_dir: Path) -> None:
         assert [(f.name, f.type) for f in found] == [(f.name, f.type) for f in expected], name
 
 
-def test_fixture_data_covers_the_edge_cases(snapshots: dict[str, dict[int, list[Row]]]) -> None:
+@pytest.fixture(scope="module", params=["handmade", "generated"])
+def snapshot_data_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two datasets: a handmade one with every edge case, and 1,000 users from the synthetic generator."""
+    folder = tmp_path_factory.mktemp(f"data-{request.param}")
+    if request.param == "generated":
+        generate(folder, users=1000, seed=3, progress=False)
+        return folder
+    return write_snapshot_dataset(folder)
+
+
+def test_handmade_data_covers_the_edge_cases(tmp_path: Path) -> None:
+    snapshots = _read_snapshots(write_snapshot_dataset(tmp_path))
     all_users = set().union(*(by_user.keys() for by_user in snapshots.values()))
     assert any(set(by_user) != all_users for by_user in snapshots.values()), "no user misses a source"
     latest_lists = [

@@ -77,6 +77,9 @@ def ranking_probe(features: np.ndarray, labels: np.ndarray, *, k: int, seed: int
     ranked = np.full((len(labels), k), None, dtype=object)
     folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
     idx = np.flatnonzero(usable)
+    if len(frequent) < 2:  # nothing to learn: the one frequent class (if any) is everyone's prediction
+        ranked[idx, 0] = next(iter(frequent), None)
+        return {"recall_at_k": recall_at_k(labels, ranked, k), "k": k}
     kept = features[idx]
     for train, test in folds.split(np.zeros(len(idx)), labels[idx]):
         probe = make_probe(kept, ranking=True).fit(kept[train], labels[idx][train])

@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -56,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from instructue_plugin.errors import ConfigError, DataValidationError
+from instructue_plugin.errors import ConfigError
 from instructue_plugin.feast_definitions import snapshot_path
 from instructue_plugin.schema import (
     ENTITY_KEY,
@@ -64,9 +63,16 @@ from instructue_plugin.schema import (
     SCHEMA_HASH,
     SEQUENCE_SOURCES,
     SOURCE_NAMES,
-    TIMESTAMP_COLUMN,
 )
-from training.snapshots import SNAPSHOT_DIR, TIMESTAMP_TYPE, profile_chunk, profile_schema, snapshot_chunk
+from training.snapshots import (
+    SNAPSHOT_DIR,
+    TIMESTAMP_TYPE,
+    prepare_data_folder,
+    profile_chunk,
+    profile_schema,
+    raw_table,
+    snapshot_chunk,
+)
 from training.snapshots import snapshot_schema as _snapshot_schema
 from training.synth.catalog import (
     ACTION_PROBS,
@@ -92,7 +98,6 @@ TRAIN_FRACTION = 0.7
 TASKS = ("fund_purchase", "churn", "travel_coupon", "insurance_interest", "next_category", "next_miniprogram")
 BINARY_TASKS = TASKS[:4]
 RANKING_SIZE = 10  # length of oracle_next_miniprogram_ranking
-OUTPUTS = ("raw", SNAPSHOT_DIR, "labels.parquet", "meta.json")  # what `generate` writes (and may remove)
 
 _US = 1_000_000
 _C = len(CATEGORIES)
@@ -425,12 +430,6 @@ def _event_fields(source: str, ev: _Events) -> dict[str, pa.Array | np.ndarray]:
     return out
 
 
-def _raw_table(user_id: np.ndarray, ts_us: np.ndarray, fields: dict[str, pa.Array | np.ndarray]) -> pa.Table:
-    columns = {ENTITY_KEY: pa.array(user_id, pa.int64()), TIMESTAMP_COLUMN: pa.array(ts_us).cast(TIMESTAMP_TYPE)}
-    columns.update({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in fields.items()})
-    return pa.table(columns)
-
-
 def _profile_fields(lat: Latents, rng: np.random.Generator) -> dict[str, np.ndarray]:
     n = len(lat.age)
     occupation = _sample_rows(_OCCUPATION_P, lat.stage, rng.random(n))
@@ -586,7 +585,7 @@ def generate_block(seed: int, block: int, users: int, noise_rate: float) -> _Blo
         events[spec.name] = ev
         fields = _event_fields(spec.name, ev)
         uid = user_id[ev.user]
-        raw[spec.name] = _raw_table(uid, ev.ts_us, fields)
+        raw[spec.name] = raw_table(uid, ev.ts_us, fields)
         snapshots[spec.name] = snapshot_chunk(
             spec, user_id=uid, ts_us=ev.ts_us, fields=fields, row_user=row_user, row_time_us=row_time
         )
@@ -603,7 +602,7 @@ def generate_block(seed: int, block: int, users: int, noise_rate: float) -> _Blo
             prof_fields[f.name] = pa.DictionaryArray.from_arrays(pa.array(values.astype(np.int32)), d[f.name])
         else:
             prof_fields[f.name] = values.astype(np.int64)
-    raw[PROFILE.name] = _raw_table(row_user, row_time, prof_fields)
+    raw[PROFILE.name] = raw_table(row_user, row_time, prof_fields)
     snapshots[PROFILE.name] = profile_chunk(
         user_id=row_user, ts_us=row_time, fields=prof_fields, row_user=row_user, row_time_us=row_time
     )
@@ -620,24 +619,6 @@ class SynthSummary:
     seconds: float
     out_dir: Path
     paths: dict[str, Path]  # raw folders, snapshot tables, labels, meta
-
-
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataValidationError(f"output path {out_dir} is a file, not a folder")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise DataValidationError(
-                f"output folder {out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace "
-                "a previous synth run there, or choose an empty folder"
-            )
-        for name in OUTPUTS:
-            path = out_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def generate(
@@ -673,7 +654,7 @@ def generate(
     if chunk_size <= 0:
         raise ConfigError(f"chunk_size must be positive, got {chunk_size!r}")
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
+    prepare_data_folder(out_dir, overwrite=overwrite)
     started = time.perf_counter()
     raw_dir, snap_dir = out_dir / "raw", out_dir / SNAPSHOT_DIR
     for name in SOURCE_NAMES:
