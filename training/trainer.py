@@ -176,7 +176,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         ConfigError: the output folder holds another run and `resume` is off.
         DataValidationError: no usable UserQA triplets.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     out = Path(config.out)
     checkpoint_path = out / "checkpoint" / CHECKPOINT_FILE
@@ -185,8 +185,12 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
     if config.resume and not checkpoint_path.exists():
         raise ConfigError(f"--resume given but {checkpoint_path} does not exist")
     out.mkdir(parents=True, exist_ok=True)
+    # Under DDP some trainable parameters get no gradient in a step (e.g. the head with --loss ar).
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision="bf16" if torch.cuda.is_available() else "no"
+        cpu=not torch.cuda.is_available(),
+        mixed_precision="bf16" if torch.cuda.is_available() else "no",
+        kwargs_handlers=[ddp],
     )
 
     # ----- data -----
