@@ -344,8 +344,14 @@ def bench_int8(
 
     report = int8_probe_parity(model, data, max_users=max_users, report_path=REPORTS / "bench-int8.json")
     for name, row in report["aucs"].items():
-        typer.echo(f"{name:<32} fp32 {row['fp32']:.4f}  int8 {row['int8']:.4f}  diff {row['difference']:+.4f}")
-    typer.echo(f"largest |difference| {report['max_abs_auc_difference']:.4f} (target <= 0.005)")
+        typer.echo(
+            f"{name:<32} fp32 {row['fp32']:.4f}  int8 served {row['int8_served']:.4f} ({row['served_difference']:+.4f})"
+            f"  refit {row['int8_refit']:.4f} ({row['refit_difference']:+.4f})  probe noise {row['probe_noise']:+.4f}"
+        )
+    typer.echo(
+        f"largest |difference|: served {report['max_abs_served_difference']:.4f} (target <= 0.005), "
+        f"refit {report['max_abs_refit_difference']:.4f}, probe noise {report['max_abs_probe_noise']:.4f}"
+    )
 
 
 @bench_app.command("online")

@@ -11,6 +11,8 @@ Backends are timed in turn, repetition by repetition, so that a noisy neighbour 
 FLOPs are counted for the real sequence lengths (decoder matmuls, 2·MACs per real token, plus the attention
 scores and values over each user's real length) and divided by the graph time, then compared with this
 machine's fp32 GEMM rate measured in the same run (torch, numpy and onnxruntime on 2048x2048; the best counts).
+At the largest batch, PyTorch's profiler and onnxruntime's profiling split each fp32 graph's time by operator
+type (`operator_shares`): where the time goes that the GEMM rate does not explain.
 
     from training.bench_embed import run
     report = run(presets=("smol-cpu",), batches=(1, 32))
@@ -172,6 +174,7 @@ def bench_preset(
     """Export one preset's model and time the three backends at each batch size (see the module docstring)."""
     from instructue_plugin.config import config_for_preset
     from instructue_plugin.embedder import TorchEmbedder
+    from instructue_plugin.manifest import USER_GRAPH_FILE
     from instructue_plugin.model import InstructUEModel
     from instructue_plugin.onnx_export import export_model
     from instructue_plugin.onnx_runtime import OnnxEmbedder, clear_session_cache
@@ -202,6 +205,10 @@ def bench_preset(
             say(f"{preset}, batch {batch}: timing {', '.join(embedders)}")
             entry = _bench_batch(embedders, llm_config, batch, gemm, min_seconds, cycles, seed)
             result["batches"][str(batch)] = entry
+        say(f"{preset}, batch {max(batches)}: operator profiles")
+        result["batches"][str(max(batches))]["operator_shares"] = operator_shares(
+            embedders["pytorch_eager"], export / USER_GRAPH_FILE, _batch_arrays(embedders, max(batches), seed)
+        )
         del embedders, model
         clear_session_cache()
     return result
@@ -223,13 +230,9 @@ def _bench_batch(
     call and would slow whichever backend runs next.
     """
     from instructue_plugin.example_inputs import example_feature_rows
-    from instructue_plugin.featurize import featurize
 
-    reference = embedders["onnxruntime_fp32"]
     rows = example_feature_rows(batch, seed=seed + batch)
-    users = featurize(rows, max_items_per_source=reference.config.max_items_per_source)
-    inputs = reference.builder.build(users, [INSTRUCTION] * batch)
-    arrays = inputs.graph_inputs(reference.item_vectors(inputs.item_texts))
+    arrays = _batch_arrays(embedders, batch, seed)
     flops = backbone_flops(llm_config, arrays["attention_mask"])
     outputs = {name: e.embed(rows, INSTRUCTION, batch_size=batch) for name, e in embedders.items()}  # warm
     first = max(_timed(e._run_user_graph, arrays) for e in embedders.values())
@@ -265,6 +268,63 @@ def _bench_batch(
     entry["int8_vs_fp32"] = compare_embeddings(outputs["onnxruntime_int8"], outputs["onnxruntime_fp32"])
     entry["fp32_vs_pytorch"] = compare_embeddings(outputs["onnxruntime_fp32"], outputs["pytorch_eager"])
     return entry
+
+
+def _batch_arrays(embedders: dict[str, Any], batch: int, seed: int) -> dict[str, np.ndarray]:
+    """The user graph's input arrays for the benchmark's `batch` example users."""
+    from instructue_plugin.example_inputs import example_feature_rows
+    from instructue_plugin.featurize import featurize
+
+    reference = embedders["onnxruntime_fp32"]
+    rows = example_feature_rows(batch, seed=seed + batch)
+    users = featurize(rows, max_items_per_source=reference.config.max_items_per_source)
+    inputs = reference.builder.build(users, [INSTRUCTION] * batch)
+    return inputs.graph_inputs(reference.item_vectors(inputs.item_texts))
+
+
+def operator_shares(
+    eager: Any, graph_path: Path, arrays: dict[str, np.ndarray], *, runs: int = 3, top: int = 8
+) -> dict[str, dict[str, float]]:
+    """Share of each backend's graph time per operator type (the `top` largest, the rest as "other").
+
+    PyTorch: the profiler's self CPU time per aten operator. onnxruntime: its profiling's kernel time per node
+    type (a fused node counts under its fused type, e.g. `FusedMatMul`).
+    """
+    import onnxruntime as ort
+    import torch
+
+    from instructue_plugin.onnx_runtime import session_options
+
+    eager._run_user_graph(arrays)  # warm
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for _ in range(runs):
+            eager._run_user_graph(arrays)
+    torch_times = {e.key: e.self_cpu_time_total for e in profiler.key_averages()}
+
+    with tempfile.TemporaryDirectory(prefix="ort-profile-") as scratch:
+        options = session_options()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(scratch) / "profile")
+        session = ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
+        feed = {i.name: arrays[i.name] for i in session.get_inputs()}
+        for _ in range(runs + 1):  # the first run is the warm-up: dropped below
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    kernel_events = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    warm_up_end = len(kernel_events) // (runs + 1)
+    ort_times: dict[str, float] = {}
+    for event in kernel_events[warm_up_end:]:
+        op = event["args"]["op_name"]
+        ort_times[op] = ort_times.get(op, 0.0) + event["dur"]
+    return {"pytorch_eager": _shares(torch_times, top), "onnxruntime_fp32": _shares(ort_times, top)}
+
+
+def _shares(times: dict[str, float], top: int) -> dict[str, float]:
+    total = sum(times.values()) or 1.0
+    ranked = sorted(times.items(), key=lambda item: -item[1])
+    shares = {name: round(value / total, 4) for name, value in ranked[:top]}
+    shares["other"] = round(sum(value for _, value in ranked[top:]) / total, 4)
+    return shares
 
 
 # ----- the benchmark ----------------------------------------------------------------------------------------
@@ -386,6 +446,9 @@ def format_table(report: dict[str, Any]) -> str:
                 f"int8 min cosine {entry['int8_vs_fp32']['min_cosine']:.4f}, "
                 f"{entry['backbone_gflop_per_user']:.2f} GFLOP/user"
             )
+            for backend, shares in entry.get("operator_shares", {}).items():
+                listed = ", ".join(f"{op} {share:.0%}" for op, share in shares.items())
+                lines.append(f"{'':10} {'':>5} {backend} time by operator: {listed}")
     for name, target in report.get("targets", {}).items():
         lines.append(
             f"target {name}: {target['value']:.2f} vs {target['target']} -> {'met' if target['met'] else 'MISSED'}"

@@ -19,6 +19,7 @@ import instructue_plugin
 from instructue_plugin.config import config_for_preset
 from instructue_plugin.embedder import TorchEmbedder
 from instructue_plugin.errors import ConfigError, CorruptModelError, SchemaMismatchError
+from instructue_plugin.featurize import featurize
 from instructue_plugin.manifest import MANIFEST_FILE, USER_GRAPH_FILE, read_manifest
 from instructue_plugin.model import InstructUEModel
 from instructue_plugin.onnx_export import ExportError, ExportParityError, export_model
@@ -246,3 +247,17 @@ def test_cuda_parity_gpu_only(export_dir, torch_embedder, rows):
     assert embedder.providers[0] == "CUDAExecutionProvider"
     cosine = (embedder.embed(rows, FUND) * torch_embedder.embed(rows, FUND)).sum(1)
     assert cosine.min() >= 0.9999
+
+
+def test_operator_profile_splits_both_backends_graph_time(export_dir, torch_embedder, onnx_embedder, rows):
+    from training.bench_embed import operator_shares
+
+    users = featurize(rows, max_items_per_source=onnx_embedder.config.max_items_per_source)
+    inputs = onnx_embedder.builder.build(users, [FUND] * len(users))
+    arrays = inputs.graph_inputs(onnx_embedder.item_vectors(inputs.item_texts))
+    shares = operator_shares(torch_embedder, export_dir / USER_GRAPH_FILE, arrays, runs=2, top=5)
+    for backend in ("pytorch_eager", "onnxruntime_fp32"):
+        assert sum(shares[backend].values()) == pytest.approx(1.0, abs=1e-3)
+        assert len(shares[backend]) == 6  # the top 5 and "other"
+    assert any("mm" in op or "linear" in op for op in shares["pytorch_eager"])
+    assert any("MatMul" in op or "Gemm" in op for op in shares["onnxruntime_fp32"])

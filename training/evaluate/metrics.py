@@ -51,13 +51,21 @@ def make_probe(features, *, ranking: bool = False) -> Pipeline:
     return make_pipeline(scaler, search)
 
 
-def out_of_fold_scores(features: np.ndarray, labels: np.ndarray, *, seed: int = PROBE_SEED) -> np.ndarray:
-    """Out-of-fold positive-class probabilities of a binary probe."""
+def out_of_fold_scores(
+    features: np.ndarray, labels: np.ndarray, *, seed: int = PROBE_SEED, score_features: np.ndarray | None = None
+) -> np.ndarray:
+    """Out-of-fold positive-class probabilities of a binary probe.
+
+    With `score_features` (the same users in another representation, e.g. an int8 variant), each fold's probe is
+    fit on `features` and scores `score_features`: what a downstream model trained on one variant sees when it is
+    served the other.
+    """
+    score_features = features if score_features is None else score_features
     scores = np.zeros(len(labels), dtype=float)
     folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
     for train, test in folds.split(np.zeros(len(labels)), labels):
         probe = make_probe(features).fit(features[train], labels[train])
-        scores[test] = probe.predict_proba(features[test])[:, 1]
+        scores[test] = probe.predict_proba(score_features[test])[:, 1]
     return scores
 
 

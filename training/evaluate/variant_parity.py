@@ -1,7 +1,14 @@
 """Does the int8 export keep the embeddings' quality? Probe AUC of int8 vs fp32 on the evaluation tasks.
 
 Both variants of one export embed the same evaluation users under each binary task's instruction and under
-none; the same 5-fold probe scores both. DESIGN §8 asks for an AUC within 0.005 of fp32.
+none. DESIGN §8 asks for an AUC within 0.005 of fp32. Two protocols are reported:
+
+- served: each fold's probe is fit on fp32 embeddings and scores the held-out users' fp32 and int8 embeddings,
+  the situation of a downstream model trained once and then served the int8 variant; the difference is the int8
+  graph's own effect (the target applies here);
+- refit: a probe fit on int8 embeddings from scratch. Its regularization search is discrete, so this difference
+  also holds the probe's own instability; `probe_noise` measures that instability on fp32 alone (the same
+  embeddings, another fold split), so the two can be told apart.
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
-from .metrics import binary_probe
+from .metrics import PROBE_SEED, binary_probe, out_of_fold_scores
 from .runner import BINARY_TASKS, EvalSettings, eval_rows
 
 MAX_AUC_DROP = 0.005
@@ -21,7 +29,7 @@ MAX_AUC_DROP = 0.005
 def int8_probe_parity(
     export_dir: Path, data_dir: Path, *, max_users: int | None = None, report_path: Path
 ) -> dict[str, Any]:
-    """Per task and instruction, the probe AUC of fp32 and int8 embeddings and their difference; writes JSON."""
+    """Per task and instruction, the probe AUC of fp32 and int8 embeddings (served and refit); writes JSON."""
     from instructue_plugin.onnx_runtime import OnnxEmbedder
 
     from ..instructions import task_instructions
@@ -34,18 +42,39 @@ def int8_probe_parity(
         for kind, instruction in (("instructed", task_instructions(task)["canonical"][0]), ("general", None)):
             vectors = {v: e.embed(features, instruction) for v, e in variants.items()}
             both = np.isfinite(vectors["fp32"]).all(1) & np.isfinite(vectors["int8"]).all(1)
-            cosines.append((vectors["fp32"][both] * vectors["int8"][both]).sum(1))
-            auc = {v: binary_probe(vectors[v][both], labels[task].to_numpy()[both])["auc"] for v in vectors}
-            rows[f"{task}/{kind}"] = {**auc, "difference": auc["int8"] - auc["fp32"]}
-    worst = max(abs(r["difference"]) for r in rows.values())
+            fp32, int8 = vectors["fp32"][both], vectors["int8"][both]
+            y = labels[task].to_numpy()[both].astype(int)
+            cosines.append((fp32 * int8).sum(1))
+            auc_fp32 = float(roc_auc_score(y, out_of_fold_scores(fp32, y)))
+            auc_served = float(roc_auc_score(y, out_of_fold_scores(fp32, y, score_features=int8)))
+            auc_refit = binary_probe(int8, y)["auc"]
+            auc_fp32_other_split = binary_probe(fp32, y, seed=PROBE_SEED + 1)["auc"]
+            rows[f"{task}/{kind}"] = {
+                "fp32": auc_fp32,
+                "int8_served": auc_served,
+                "served_difference": auc_served - auc_fp32,
+                "int8_refit": auc_refit,
+                "refit_difference": auc_refit - auc_fp32,
+                "probe_noise": auc_fp32_other_split - auc_fp32,
+            }
     all_cosines = np.concatenate(cosines)
+
+    def worst(key: str) -> float:
+        return max(abs(r[key]) for r in rows.values())
+
     report = {
         "export": str(export_dir),
         "users": len(labels),
         "aucs": rows,
-        "max_abs_auc_difference": worst,
+        "max_abs_served_difference": worst("served_difference"),
+        "max_abs_refit_difference": worst("refit_difference"),
+        "max_abs_probe_noise": worst("probe_noise"),
         "cosine_int8_vs_fp32": {"min": float(all_cosines.min()), "mean": float(all_cosines.mean())},
-        "target": {"max_abs_auc_difference": MAX_AUC_DROP, "met": bool(worst <= MAX_AUC_DROP)},
+        "target": {
+            "max_abs_auc_difference": MAX_AUC_DROP,
+            "protocol": "served",
+            "met": bool(worst("served_difference") <= MAX_AUC_DROP),
+        },
     }
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2))
