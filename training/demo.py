@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from instructue_plugin import settings
 from instructue_plugin.schema import SEQUENCE_SOURCES
 
 from .data import features_asof, read_labels
+from .userqa import top_categories
 
 DEMO_USERS = 2000
 DEMO_STEPS = 150  # about 4 minutes of smol-cpu training on 2 cores: enough to show the path, not for quality
@@ -63,11 +63,8 @@ def _step(echo: Callable[[str], None], title: str) -> Callable[[], None]:
     return lambda: echo(f"   done in {time.monotonic() - started:.0f} s")
 
 
-def _top_categories(row: pd.Series, k: int = 3) -> str:
-    values = row.get("bill_category")
-    if values is None or len(values) == 0:
-        return "no payments"
-    return ", ".join(c for c, _ in Counter(values).most_common(k))
+def _describe(row: pd.Series) -> str:
+    return ", ".join(top_categories(row)) or "no payments"
 
 
 def run_demo(
@@ -159,7 +156,7 @@ def run_demo(
     pool = held_out["user_id"].astype(int).head(600).tolist()
     features = features_asof(paths.data, pd.DataFrame({"user_id": pool, "event_timestamp": [cutoff] * len(pool)}))
     embedder = OnnxEmbedder.from_export(paths.export)
-    describe = {int(u): _top_categories(r) for u, (_, r) in zip(pool, features.iterrows(), strict=True)}
+    describe = {int(u): _describe(r) for u, (_, r) in zip(pool, features.iterrows(), strict=True)}
     for name, instruction in (("fund", FUND), ("travel", TRAVEL)):
         vectors = embedder.embed(features, instruction)
         for user in chosen:

@@ -123,13 +123,14 @@ def answer_future_search(ctx: UserContext) -> str:
 # ----- stable attributes -----------------------------------------------------------------------------
 
 
-def _top_categories(row: pd.Series) -> list[str]:
+def top_categories(row: pd.Series) -> list[str]:
+    """The user's three most frequent payment categories in a snapshot row (most frequent first)."""
     counts = Counter(_items(row, "bill_category"))
     return [c for c, _ in counts.most_common(3)]
 
 
 def answer_top_categories(ctx: UserContext) -> str | None:
-    top = _top_categories(ctx.row)
+    top = top_categories(ctx.row)
     return f"The user mostly spends on {_listing(top)}." if top else None
 
 
