@@ -167,7 +167,7 @@ def bench_preset(
     batches: Sequence[int],
     gemm: GemmProbe,
     min_seconds: float = 3.0,
-    cycles: int = 2,
+    cycles: int = 4,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -335,8 +335,8 @@ def run(
     presets: Sequence[str] = ("smol-cpu", "smol"),
     batches: Sequence[int] = (1, 32),
     report_path: str | Path = Path("reports/bench-embed.json"),
-    min_seconds: float = 4.0,
-    cycles: int = 2,
+    min_seconds: float = 8.0,
+    cycles: int = 4,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time PyTorch eager, onnxruntime fp32 and onnxruntime int8 embedding on this CPU; write the report.
