@@ -20,15 +20,21 @@ if TYPE_CHECKING:
 EXPORT_MANIFEST = "manifest.json"
 
 
-def load(path: str | Path) -> Embedder:
+def load(path: str | Path, *, variant: str | None = None) -> Embedder:
     """Load an embedder from a trained model folder (PyTorch) or an export folder (onnxruntime).
+
+    Args:
+        path: the folder.
+        variant: for an export folder, "fp32" or "int8"; default `INSTRUCTUE_MODEL_VARIANT`, else "fp32".
 
     Raises:
         ModelNotFoundError: nothing at `path`.
         CorruptModelError: the folder is incomplete, tampered with or unreadable.
         SchemaMismatchError: the model was made with other feature definitions.
+        ConfigError: an unknown variant, int8 asked of an export without it or of a PyTorch model folder.
     """
-    from .errors import ModelNotFoundError
+    from . import settings
+    from .errors import ConfigError, ModelNotFoundError
 
     folder = Path(path).expanduser()
     if not folder.exists():
@@ -36,10 +42,16 @@ def load(path: str | Path) -> Embedder:
             f"no model at {folder}; train one (`instructue train`), export it (`instructue export`) "
             "or point INSTRUCTUE_MODEL at one"
         )
+    variant = variant or settings.model_variant()
     if (folder / EXPORT_MANIFEST).exists():
         from .onnx_runtime import OnnxEmbedder
 
-        return OnnxEmbedder.from_export(folder)
+        return OnnxEmbedder.from_export(folder, variant=variant)
+    if variant != "fp32":
+        raise ConfigError(
+            f"variant {variant!r} (INSTRUCTUE_MODEL_VARIANT) needs an export folder; {folder} is a PyTorch model "
+            "folder: export it with `instructue export --int8`"
+        )
     from .embedder import TorchEmbedder
     from .model import InstructUEModel
 

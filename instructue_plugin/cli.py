@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import InstructUEError
+from .errors import ConfigError, InstructUEError
 
 app = typer.Typer(
     help="InstructUE for Feast: instruction-aware user embeddings as Feast features.",
@@ -319,17 +319,20 @@ def bench_train(
 def bench_embed(
     presets: Annotated[str, typer.Option(help="Comma-separated presets (smol is slow on a CPU).")] = "smol-cpu",
     batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
+    int8_keep_fp32: Annotated[str, typer.Option(help="As for `instructue export`, e.g. down_proj.")] = "",
+    report: Annotated[Path, typer.Option(help="Where the JSON report goes.")] = REPORTS / "bench-embed.json",
 ) -> None:
     """PyTorch eager vs onnxruntime fp32 vs int8 throughput -> reports/bench-embed.json."""
     from training.bench_embed import format_table, run
 
-    report = run(
+    result = run(
         presets=tuple(p.strip() for p in presets.split(",") if p.strip()),
         batches=tuple(int(b) for b in batches.split(",") if b.strip()),
-        report_path=REPORTS / "bench-embed.json",
+        int8_keep_fp32=_names(int8_keep_fp32),
+        report_path=report,
         progress=typer.echo,
     )
-    typer.echo(format_table(report))
+    typer.echo(format_table(result))
 
 
 @bench_app.command("int8")
@@ -338,19 +341,20 @@ def bench_int8(
     model: Annotated[Path, typer.Option(help="An export made with --int8.")],
     data: Annotated[Path, typer.Option(help="Data folder with labels.parquet (eval split).")],
     max_users: Annotated[int | None, typer.Option(help="Evaluate at most this many eval users.")] = None,
+    report: Annotated[Path, typer.Option(help="Where the JSON report goes.")] = REPORTS / "bench-int8.json",
 ) -> None:
     """Probe AUC of the int8 variant vs fp32 on the evaluation tasks -> reports/bench-int8.json."""
     from training.evaluate.variant_parity import int8_probe_parity
 
-    report = int8_probe_parity(model, data, max_users=max_users, report_path=REPORTS / "bench-int8.json")
-    for name, row in report["aucs"].items():
+    result = int8_probe_parity(model, data, max_users=max_users, report_path=report)
+    for name, row in result["aucs"].items():
         typer.echo(
             f"{name:<32} fp32 {row['fp32']:.4f}  int8 served {row['int8_served']:.4f} ({row['served_difference']:+.4f})"
             f"  refit {row['int8_refit']:.4f} ({row['refit_difference']:+.4f})  probe noise {row['probe_noise']:+.4f}"
         )
     typer.echo(
-        f"largest |difference|: served {report['max_abs_served_difference']:.4f} (target <= 0.005), "
-        f"refit {report['max_abs_refit_difference']:.4f}, probe noise {report['max_abs_probe_noise']:.4f}"
+        f"largest |difference|: served {result['max_abs_served_difference']:.4f} (target <= 0.005), "
+        f"refit {result['max_abs_refit_difference']:.4f}, probe noise {result['max_abs_probe_noise']:.4f}"
     )
 
 
@@ -393,11 +397,20 @@ def export(
     model: Annotated[Path, typer.Option(help="A trained model folder.")],
     out: Annotated[Path, typer.Option(help="Export folder (ONNX graphs, tokenizers, item cache, manifest).")],
     int8: Annotated[bool, typer.Option(help="Also write a per-channel int8 variant for CPUs.")] = False,
+    int8_keep_fp32: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated projections the int8 variant keeps in fp32, e.g. down_proj (slower, closer to fp32)."
+        ),
+    ] = "",
 ) -> None:
     """Export a trained model to ONNX, check it (checker and parity with PyTorch) and write a manifest."""
     from .onnx_export import export_model
 
-    folder = export_model(model, out, int8=int8, progress=typer.echo)
+    keep = _names(int8_keep_fp32)
+    if keep and not int8:
+        raise ConfigError("--int8-keep-fp32 needs --int8")
+    folder = export_model(model, out, int8=int8, int8_keep_fp32=keep, progress=typer.echo)
     typer.echo(f"export written to {folder}")
 
 
@@ -412,3 +425,8 @@ def demo(fresh: Annotated[bool, typer.Option(help="Redo every step instead of re
 
 if __name__ == "__main__":  # `python -m instructue_plugin.cli`, e.g. under `accelerate launch`
     app()
+
+
+def _names(comma_separated: str) -> tuple[str, ...]:
+    """The non-empty, stripped items of a comma-separated option."""
+    return tuple(name.strip() for name in comma_separated.split(",") if name.strip())

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -304,6 +304,7 @@ def export_model(
     out_dir: str | Path,
     *,
     int8: bool = False,
+    int8_keep_fp32: Sequence[str] = (),
     opset: int | None = None,
     exporter: Exporter = "auto",
     tolerance: float = 1e-4,
@@ -317,6 +318,8 @@ def export_model(
         out_dir: the export folder to write; replaced if it holds an earlier export, refused if it holds
             anything else.
         int8: also write `user_embedding.int8.onnx` (per-channel dynamic int8, for CPUs).
+        int8_keep_fp32: projections the int8 variant keeps in fp32, by module name (e.g. "down_proj"): slower,
+            closer to fp32 (see `onnx_int8.quantize_int8`).
         opset: ONNX opset (default: 17 for the legacy exporter, 18 for dynamo).
         exporter: "legacy" (`dynamo=False`), "dynamo", or "auto" (legacy, falling back to dynamo, logged).
         tolerance: largest max-abs difference allowed between onnxruntime (fp32) and PyTorch.
@@ -360,7 +363,13 @@ def export_model(
             if int8:
                 say("smoothing activations and quantizing the user graph to int8 (per channel)")
                 parity["user_embedding_int8"] = _export_int8(
-                    export_copy, staging, Path(scratch), exporter=used, opset=opset, cases=(random_users, real_users)
+                    export_copy,
+                    staging,
+                    Path(scratch),
+                    exporter=used,
+                    opset=opset,
+                    cases=(random_users, real_users),
+                    keep_fp32=int8_keep_fp32,
                 )
         say("copying tokenizers and precomputing the catalog's item vectors")
         shutil.copyfile(model_dir / LLM_TOKENIZER_FILE, staging / LLM_TOKENIZER_FILE)
@@ -415,6 +424,7 @@ def _export_int8(
     exporter: Literal["legacy", "dynamo"],
     opset: int | None,
     cases: tuple[list, list],
+    keep_fp32: Sequence[str],
 ) -> dict[str, Any]:
     """Smooth the export copy (in place), export it again and quantize it into `folder`; returns its parity."""
     random_users, real_users = cases
@@ -430,9 +440,13 @@ def _export_int8(
         max_sizes={"seq": _max_positions(export_copy)},
         out_dim=export_copy.config.embedding_dim,
     )
-    quantize_int8(scratch / USER_GRAPH_FILE, folder / USER_GRAPH_INT8_FILE, scratch)
+    kept = quantize_int8(scratch / USER_GRAPH_FILE, folder / USER_GRAPH_INT8_FILE, scratch, keep_fp32=keep_fp32)
     _check(folder / USER_GRAPH_INT8_FILE)
-    return int8_parity(folder, random_users, real_users) | {"smoothed": smoothed, "smoothing_alpha": SMOOTHING_ALPHA}
+    return int8_parity(folder, random_users, real_users) | {
+        "smoothed": smoothed,
+        "smoothing_alpha": SMOOTHING_ALPHA,
+        "kept_fp32": kept,
+    }
 
 
 def _export_both(

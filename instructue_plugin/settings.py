@@ -4,6 +4,8 @@
   is applied. Default: `data/demo` in the project checkout (what `instructue demo` writes).
 - `INSTRUCTUE_MODEL`: the trained model or export folder the runtime loads when it first embeds.
   Default: `models/demo/export` in the project checkout.
+- `INSTRUCTUE_MODEL_VARIANT`: which graph of an export folder the runtime serves, `fp32` or `int8` (an export made
+  with `--int8`). Default: `fp32`.
 - `INSTRUCTUE_CACHE`: where converted backbones and other derived files are cached.
   Default: `~/.cache/instructue`.
 
@@ -28,6 +30,11 @@ def data_dir() -> Path:
 def model_dir() -> Path:
     """The model or export folder named by `INSTRUCTUE_MODEL`, else the demo default."""
     return Path(os.environ.get("INSTRUCTUE_MODEL") or DEFAULT_MODEL_DIR).expanduser().resolve()
+
+
+def model_variant() -> str:
+    """The export variant named by `INSTRUCTUE_MODEL_VARIANT`, else "fp32" (checked where it is used)."""
+    return (os.environ.get("INSTRUCTUE_MODEL_VARIANT") or "fp32").strip().lower()
 
 
 def cache_dir() -> Path:

@@ -169,6 +169,7 @@ def bench_preset(
     min_seconds: float = 3.0,
     cycles: int = 4,
     seed: int = 0,
+    int8_keep_fp32: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Export one preset's model and time the three backends at each batch size (see the module docstring)."""
@@ -186,7 +187,9 @@ def bench_preset(
         model = InstructUEModel.create(config_for_preset(preset)).eval()
         model.save_pretrained(Path(scratch) / "model")
         started = time.perf_counter()
-        export = export_model(Path(scratch) / "model", Path(scratch) / "export", int8=True, progress=say)
+        export = export_model(
+            Path(scratch) / "model", Path(scratch) / "export", int8=True, int8_keep_fp32=int8_keep_fp32, progress=say
+        )
         result["export_seconds"] = round(time.perf_counter() - started, 1)
         manifest = json.loads((export / "manifest.json").read_text())
         result["exporter"] = manifest["exporter"]["name"]
@@ -337,6 +340,7 @@ def run(
     report_path: str | Path = Path("reports/bench-embed.json"),
     min_seconds: float = 8.0,
     cycles: int = 4,
+    int8_keep_fp32: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time PyTorch eager, onnxruntime fp32 and onnxruntime int8 embedding on this CPU; write the report.
@@ -348,6 +352,7 @@ def run(
         report_path: where the JSON report is written.
         min_seconds: time budget per batch and backend that sets the number of repeats (2 to 20 per cycle).
         cycles: measurement cycles per batch (GEMM rate, then each backend in a block).
+        int8_keep_fp32: projections the int8 variant keeps in fp32 (as `export_model`'s `int8_keep_fp32`).
         progress: called with a short message at each step.
 
     Returns:
@@ -370,11 +375,18 @@ def run(
             "load_average_1min_at_start": os.getloadavg()[0],
         },
         "instruction": INSTRUCTION,
+        "int8_keep_fp32": list(int8_keep_fp32),
         "presets": {},
     }
     for preset in presets:
         report["presets"][preset] = bench_preset(
-            preset, batches=batches, gemm=gemm, min_seconds=min_seconds, cycles=cycles, progress=say
+            preset,
+            batches=batches,
+            gemm=gemm,
+            min_seconds=min_seconds,
+            cycles=cycles,
+            int8_keep_fp32=int8_keep_fp32,
+            progress=say,
         )
     report["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
     if not gemm.samples:

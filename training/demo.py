@@ -175,5 +175,9 @@ def run_demo(
     for user in chosen:
         row = features.iloc[[pool.index(user)]]
         echo(f"   user {user} (actual top categories: {describe[user]}): {model.answer(row, QUESTION)!r}")
+    echo(
+        f"   ({steps} training steps: answers are rough this early; after 1,500 steps they take the trained form,"
+        " see reports/README.md)"
+    )
     done()
     echo(f"\nDemo finished in {(time.monotonic() - started) / 60:.1f} min. Next: README.md, `instructue --help`.")

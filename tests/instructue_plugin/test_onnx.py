@@ -90,6 +90,9 @@ def test_manifest_describes_the_export(export_dir, model_dir):
         assert parity[graph]["random_max_abs_diff"] <= 1e-4 and parity[graph]["real_max_abs_diff"] <= 1e-4
     assert parity["user_embedding_int8"]["real_min_cosine"] >= 0.99
     assert parity["user_embedding_int8"]["smoothed"] == {"attention_input": 2, "mlp_input": 2, "mlp_inner": 2}
+    # 2 layers x 7 projections, all quantized by default.
+    assert parity["user_embedding_int8"]["kept_fp32"]["kept_fp32"] == 0
+    assert parity["user_embedding_int8"]["kept_fp32"]["quantized"] >= 14
     catalog = json.loads((model_dir / "item_cache.json").read_text())
     assert parity["item_encoder"]["catalog"]["texts"] == len(catalog) > 0
     expected = {"user_embedding.onnx", "user_embedding.int8.onnx", "item_encoder.onnx", "llm_tokenizer.json"}
@@ -105,6 +108,22 @@ def test_onnxruntime_matches_pytorch(onnx_embedder, torch_embedder, rows, instru
     got = onnx_embedder.embed(rows, instruction, batch_size=batch_size)
     assert got.dtype == np.float32 and got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_int8_can_keep_named_projections_in_fp32(export_dir, tmp_path):
+    import onnx
+
+    from instructue_plugin.onnx_int8 import quantize_int8
+
+    target = tmp_path / "int8.onnx"
+    counts = quantize_int8(export_dir / USER_GRAPH_FILE, target, tmp_path, keep_fp32=("down_proj",))
+    assert counts["kept_fp32"] == 2  # one per layer
+    nodes = onnx.load(str(target)).graph.node
+    down = [n for n in nodes if "down_proj" in n.name and "MatMul" in n.op_type]
+    assert down and all(n.op_type == "MatMul" for n in down)  # plain fp32 matmuls
+    assert any(n.op_type == "MatMulInteger" and "up_proj" in n.name for n in nodes)
+    with pytest.raises(ConfigError, match="no_such_proj"):
+        quantize_int8(export_dir / USER_GRAPH_FILE, tmp_path / "x.onnx", tmp_path, keep_fp32=("no_such_proj",))
 
 
 def test_int8_variant_stays_close(export_dir, torch_embedder, rows):
@@ -261,3 +280,16 @@ def test_operator_profile_splits_both_backends_graph_time(export_dir, torch_embe
         assert len(shares[backend]) == 6  # the top 5 and "other"
     assert any("mm" in op or "linear" in op for op in shares["pytorch_eager"])
     assert any("MatMul" in op or "Gemm" in op for op in shares["onnxruntime_fp32"])
+
+
+def test_the_environment_picks_the_served_variant(export_dir, model_dir, rows, monkeypatch):
+    int8 = OnnxEmbedder.from_export(export_dir, variant="int8").embed(rows, FUND)
+    fp32 = OnnxEmbedder.from_export(export_dir).embed(rows, FUND)
+    monkeypatch.setenv("INSTRUCTUE_MODEL_VARIANT", "int8")
+    served = instructue_plugin.load(export_dir).embed(rows, FUND)
+    assert np.array_equal(served, int8) and not np.array_equal(served, fp32)
+    with pytest.raises(ConfigError, match="needs an export folder"):
+        instructue_plugin.load(model_dir)
+    monkeypatch.setenv("INSTRUCTUE_MODEL_VARIANT", "int4")
+    with pytest.raises(ConfigError, match="unknown variant 'int4'"):
+        instructue_plugin.load(export_dir)
