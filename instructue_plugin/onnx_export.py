@@ -445,7 +445,7 @@ def _export_int8(
     return int8_parity(folder, random_users, real_users) | {
         "smoothed": smoothed,
         "smoothing_alpha": SMOOTHING_ALPHA,
-        "kept_fp32": kept,
+        "matmuls": kept | {"kept_fp32_names": list(keep_fp32)},
     }
 
 

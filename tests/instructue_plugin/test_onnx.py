@@ -91,8 +91,9 @@ def test_manifest_describes_the_export(export_dir, model_dir):
     assert parity["user_embedding_int8"]["real_min_cosine"] >= 0.99
     assert parity["user_embedding_int8"]["smoothed"] == {"attention_input": 2, "mlp_input": 2, "mlp_inner": 2}
     # 2 layers x 7 projections, all quantized by default.
-    assert parity["user_embedding_int8"]["kept_fp32"]["kept_fp32"] == 0
-    assert parity["user_embedding_int8"]["kept_fp32"]["quantized"] >= 14
+    matmuls = parity["user_embedding_int8"]["matmuls"]
+    assert matmuls["kept_fp32"] == 0 and matmuls["kept_fp32_names"] == []
+    assert matmuls["quantized"] >= 14
     catalog = json.loads((model_dir / "item_cache.json").read_text())
     assert parity["item_encoder"]["catalog"]["texts"] == len(catalog) > 0
     expected = {"user_embedding.onnx", "user_embedding.int8.onnx", "item_encoder.onnx", "llm_tokenizer.json"}
