@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 from tests.feast_repo.conftest import REPO_SOURCE
 from training.demo import DemoPaths, run_demo
+from training.evaluate.report import BinaryScore, MetricsFile
 
 
 def test_demo_runs_every_step_and_shows_two_users(tmp_path, monkeypatch):
@@ -23,6 +25,13 @@ def test_demo_runs_every_step_and_shows_two_users(tmp_path, monkeypatch):
     text = "\n".join(lines)
 
     assert (paths.report / "report.md").exists() and (paths.export / "manifest.json").exists()
+    metrics = MetricsFile.model_validate_json((paths.report / "metrics.json").read_text())
+    assert 0 < metrics.users <= 120
+    for task, methods in metrics.tasks.items():
+        assert len(methods) == 7, task  # four baselines, general, instructed, unseen paraphrases
+        for method, score in methods.items():
+            value = score.auc if isinstance(score, BinaryScore) else score.recall_at_k
+            assert math.isfinite(value), (task, method)
     for step in range(1, 8):
         assert f"== {step}." in text, f"step {step} missing from the demo output"
     shown = [line for line in lines if line.strip().startswith("user ") and line.rstrip().endswith("] ...")]

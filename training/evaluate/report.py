@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from .runner import BASELINES, GENERAL, INSTRUCTED
 
@@ -15,6 +16,76 @@ MIN_MARGIN = 0.03
 MIN_GAP_CLOSED = 0.60
 MIN_TASKS_OVER_GENERAL = 5
 MAX_NOISE_LOSS_SHARE = 0.5
+
+
+# ----- the documented shape of metrics.json -----------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class BinaryScore(_Strict):
+    """A binary task's probe result: ROC AUC and Kolmogorov-Smirnov statistic (out of fold)."""
+
+    auc: float
+    ks: float
+
+
+class RankingScore(_Strict):
+    """A ranking task's probe result: the share of users whose true label is in the top k."""
+
+    recall_at_k: float
+    k: int
+
+
+class InstructionAwareness(_Strict):
+    """AUC of each binary task (rows) under each task's instruction and none (columns, "general")."""
+
+    instructions: dict[str, str]
+    auc: dict[str, dict[str, float]]
+
+
+class Summary(_Strict):
+    """The figures the DESIGN §8 targets are judged on; null where the data has no oracle."""
+
+    mean_auc: dict[str, float]
+    oracle_mean_auc: float | None
+    best_baseline: str
+    margin_over_best_baseline: float
+    gap_closed: float | None
+    tasks_instructed_beats_general: list[str]
+    noise_loss_at_half: dict[str, float] | None = Field(None, alias="noise_loss_at_0.5")
+    noise_loss_share: float | None = None
+    targets: dict[str, bool]
+
+
+class MetricsFile(_Strict):
+    """`metrics.json`: per task and method the probe scores, the oracle's, mean AUC per noise rate (keys like
+    "0.5") and method, the instruction-awareness matrix, the number of evaluation users and the summary."""
+
+    tasks: dict[str, dict[str, BinaryScore | RankingScore]]
+    oracle: dict[str, BinaryScore | RankingScore]
+    noise: dict[str, dict[str, float]]
+    instruction_awareness: InstructionAwareness | None = None
+    users: int
+    summary: Summary
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become null (strict JSON has neither), recursively."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ----- figures ------------------------------------------------------------------------------------------------
 
 
 def _value(result: dict[str, float]) -> float:
@@ -188,13 +259,17 @@ def plots(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     return written
 
 
-def write_report(metrics: dict[str, Any], out_dir: Path, *, binary_tasks: list[str], title: str) -> dict[str, Any]:
+def write_report(
+    metrics: dict[str, Any], out_dir: str | Path, *, binary_tasks: list[str], title: str
+) -> dict[str, Any]:
     """Write `metrics.json` (with a `summary`), `report.md` and the plots into `out_dir`; returns the summary."""
+    summary = headline(metrics, binary_tasks)
+    payload = MetricsFile.model_validate(_json_safe(dict(metrics, summary=summary)))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = headline(metrics, binary_tasks)
-    payload = dict(metrics, summary=summary)
-    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, default=float))
+    (out_dir / "metrics.json").write_text(
+        json.dumps(payload.model_dump(by_alias=True, exclude_none=False), indent=2, allow_nan=False)
+    )
     (out_dir / "report.md").write_text(markdown(metrics, summary, binary_tasks, title))
     plots(metrics, out_dir)
     return summary
