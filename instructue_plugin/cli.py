@@ -62,6 +62,17 @@ def _parse_users(users: str) -> list[int]:
         raise typer.BadParameter(f"--users must be comma-separated integers, got {users!r}") from None
 
 
+def _user_features(data: Path, users: str, at: str | None) -> tuple[list[int], Any]:
+    """The `--users` ids and their feature rows from the data folder's snapshots at `at` (default: the latest)."""
+    import pandas as pd
+
+    from training.data import features_asof
+
+    ids = _parse_users(users)
+    when = pd.Timestamp(at, tz="UTC") if at else pd.Timestamp("2200-01-01", tz="UTC")
+    return ids, features_asof(data, pd.DataFrame({"user_id": ids, "event_timestamp": [when] * len(ids)}))
+
+
 @app.command()
 @_friendly_errors
 def synth(
@@ -182,11 +193,8 @@ def embed(
     import pandas as pd
 
     import instructue_plugin
-    from training.data import features_asof
 
-    ids = _parse_users(users)
-    when = pd.Timestamp(at, tz="UTC") if at else pd.Timestamp("2200-01-01", tz="UTC")
-    features = features_asof(data, pd.DataFrame({"user_id": ids, "event_timestamp": [when] * len(ids)}))
+    ids, features = _user_features(data, users, at)
     vectors = instructue_plugin.load(model).embed(features, instruction)
     if out is not None:
         frame = pd.DataFrame({"user_id": ids, "embedding": [v.tolist() for v in vectors]})
@@ -209,16 +217,10 @@ def answer(
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 40,
 ) -> None:
     """Ask the model about users: it answers in words from their behaviour."""
-    import pandas as pd
-
-    from training.data import features_asof
-
     from .embedder import TorchEmbedder
     from .model import InstructUEModel
 
-    ids = _parse_users(users)
-    when = pd.Timestamp(at, tz="UTC") if at else pd.Timestamp("2200-01-01", tz="UTC")
-    features = features_asof(data, pd.DataFrame({"user_id": ids, "event_timestamp": [when] * len(ids)}))
+    ids, features = _user_features(data, users, at)
     embedder = TorchEmbedder(InstructUEModel.from_pretrained(model))
     for i, user_id in enumerate(ids):
         reply = embedder.answer(features.iloc[[i]], question, max_new_tokens=max_new_tokens)
@@ -309,8 +311,7 @@ def bench_train(
     """Training samples/s and seconds per step -> reports/bench-train.json."""
     from training.bench_train import format_table, run
 
-    names = tuple(p.strip() for p in presets.split(",") if p.strip())
-    report = run(presets=names, batch_size=batch_size, steps=steps, report_path=REPORTS / "bench-train.json")
+    report = run(presets=_names(presets), batch_size=batch_size, steps=steps, report_path=REPORTS / "bench-train.json")
     typer.echo(format_table(report))
 
 
@@ -326,7 +327,7 @@ def bench_embed(
     from training.bench_embed import format_table, run
 
     result = run(
-        presets=tuple(p.strip() for p in presets.split(",") if p.strip()),
+        presets=_names(presets),
         batches=tuple(int(b) for b in batches.split(",") if b.strip()),
         int8_keep_fp32=_names(int8_keep_fp32),
         report_path=report,

@@ -8,6 +8,8 @@ saw them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
@@ -51,21 +53,24 @@ def make_probe(features, *, ranking: bool = False) -> Pipeline:
     return make_pipeline(scaler, search)
 
 
-def out_of_fold_scores(
-    features: np.ndarray, labels: np.ndarray, *, seed: int = PROBE_SEED, score_features: np.ndarray | None = None
-) -> np.ndarray:
-    """Out-of-fold positive-class probabilities of a binary probe.
+def fold_probes(
+    features: np.ndarray, labels: np.ndarray, *, seed: int = PROBE_SEED
+) -> Iterator[tuple[Pipeline, np.ndarray]]:
+    """For each stratified fold, a binary probe fit on the other folds and the fold's held-out row indices.
 
-    With `score_features` (the same users in another representation, e.g. an int8 variant), each fold's probe is
-    fit on `features` and scores `score_features`: what a downstream model trained on one variant sees when it is
-    served the other.
+    Scoring the held-out rows of another representation of the same users (e.g. an int8 variant) with these
+    probes shows what a downstream model trained on `features` sees when it is served the other.
     """
-    score_features = features if score_features is None else score_features
-    scores = np.zeros(len(labels), dtype=float)
     folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
     for train, test in folds.split(np.zeros(len(labels)), labels):
-        probe = make_probe(features).fit(features[train], labels[train])
-        scores[test] = probe.predict_proba(score_features[test])[:, 1]
+        yield make_probe(features).fit(features[train], labels[train]), test
+
+
+def out_of_fold_scores(features: np.ndarray, labels: np.ndarray, *, seed: int = PROBE_SEED) -> np.ndarray:
+    """Out-of-fold positive-class probabilities of a binary probe."""
+    scores = np.zeros(len(labels), dtype=float)
+    for probe, test in fold_probes(features, labels, seed=seed):
+        scores[test] = probe.predict_proba(features[test])[:, 1]
     return scores
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from .metrics import PROBE_SEED, binary_probe, out_of_fold_scores
+from .metrics import PROBE_SEED, binary_probe, fold_probes
 from .runner import BINARY_TASKS, EvalSettings, eval_rows
 
 MAX_AUC_DROP = 0.005
@@ -45,8 +45,11 @@ def int8_probe_parity(
             fp32, int8 = vectors["fp32"][both], vectors["int8"][both]
             y = labels[task].to_numpy()[both].astype(int)
             cosines.append((fp32 * int8).sum(1))
-            auc_fp32 = float(roc_auc_score(y, out_of_fold_scores(fp32, y)))
-            auc_served = float(roc_auc_score(y, out_of_fold_scores(fp32, y, score_features=int8)))
+            own, served = np.zeros(len(y)), np.zeros(len(y))
+            for probe, test in fold_probes(fp32, y):  # one fit per fold scores both variants
+                own[test] = probe.predict_proba(fp32[test])[:, 1]
+                served[test] = probe.predict_proba(int8[test])[:, 1]
+            auc_fp32, auc_served = float(roc_auc_score(y, own)), float(roc_auc_score(y, served))
             auc_refit = binary_probe(int8, y)["auc"]
             auc_fp32_other_split = binary_probe(fp32, y, seed=PROBE_SEED + 1)["auc"]
             rows[f"{task}/{kind}"] = {
