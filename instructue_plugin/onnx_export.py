@@ -99,8 +99,34 @@ def _load_export_copy(model_dir: Path) -> Any:
     llm = model.llm.get_base_model()
     llm.set_attn_implementation("eager")  # sdpa's mask shortcuts depend on the traced example; eager does not
     llm.config.use_cache = False
+    make_rms_norms_fp16_safe(llm)
     model.item_encoder.bert.set_attn_implementation("eager")
     return model.eval()
+
+
+def fp16_safe_rms_norm(norm: Any, hidden_states: Any) -> Any:
+    """RMSNorm computed on the row divided by its largest magnitude `m`: the same function, safe in fp16.
+
+    x·rsqrt(mean(x²) + ε) = (x/m)·rsqrt(mean((x/m)²) + ε/m²). SmolLM2's residual stream carries values near
+    2.3e4 from layer 12 on, so mean(x²) reaches ~1e6, past fp16's largest finite value (65,504): a TensorRT
+    fp16 engine (or any fp16 copy of the graph) would divide by infinity there. mean((x/m)²) lies in [1/H, 1].
+    """
+    import torch
+
+    scale = hidden_states.abs().amax(-1, keepdim=True).clamp_min(1e-6)
+    scaled = hidden_states / scale
+    variance = scaled.pow(2).mean(-1, keepdim=True)
+    return norm.weight * (scaled * torch.rsqrt(variance + norm.variance_epsilon / scale.pow(2)))
+
+
+def make_rms_norms_fp16_safe(llm: Any) -> int:
+    """Make every RMSNorm of a Hugging Face decoder compute as `fp16_safe_rms_norm`; returns how many."""
+    import types
+
+    norms = [m for m in llm.modules() if type(m).__name__.endswith("RMSNorm") and hasattr(m, "variance_epsilon")]
+    for norm in norms:
+        norm.forward = types.MethodType(fp16_safe_rms_norm, norm)
+    return len(norms)
 
 
 # ----- exporting one graph ----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -294,3 +295,29 @@ def test_the_environment_picks_the_served_variant(export_dir, model_dir, rows, m
     monkeypatch.setenv("INSTRUCTUE_MODEL_VARIANT", "int4")
     with pytest.raises(ConfigError, match="unknown variant 'int4'"):
         instructue_plugin.load(export_dir)
+
+
+def test_exported_rms_norm_is_the_library_function_and_stays_finite_in_fp16():
+    # SmolLM2's residual stream reaches ~2.3e4 in a few channels: an fp16 copy of the library's RMSNorm squares
+    # that (an fp16 graph, e.g. a TensorRT fp16 engine, has no fp32 cast to save it) and overflows.
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from instructue_plugin.onnx_export import fp16_safe_rms_norm, make_rms_norms_fp16_safe
+
+    model = torch.nn.Sequential(LlamaRMSNorm(576, eps=1e-5)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(1 + 0.1 * torch.randn(576, generator=torch.Generator().manual_seed(0)))
+    hidden = torch.randn(2, 5, 576, generator=torch.Generator().manual_seed(1))
+    hidden[:, 1:, 7] = 22_500.0  # a massive activation on every position after the first
+    hidden[1, 0] = 0.0  # and an all-zero row
+    with torch.no_grad():
+        reference = model(hidden)
+        assert torch.isinf(hidden.half().pow(2).mean(-1)).any()  # the input does overflow fp16
+        in_fp16 = fp16_safe_rms_norm(copy.deepcopy(model[0]).half(), hidden.half()).float()
+
+        assert make_rms_norms_fp16_safe(model) == 1
+        patched = model(hidden)
+    assert torch.isfinite(in_fp16).all()
+    torch.testing.assert_close(in_fp16, reference, rtol=1e-2, atol=5e-2)
+    torch.testing.assert_close(patched, reference, rtol=1e-5, atol=1e-5)
+    assert model[0].forward.__func__ is fp16_safe_rms_norm
