@@ -1,9 +1,11 @@
 """GPU check of the ONNX runtime: export a `smol` model, run it with TensorRT (fp16) and CUDA, check and time it.
 
 Steps: build the preset's model (untrained weights: speed and parity do not depend on them), export it (fp32),
-embed the same realistic rows on CPU (the reference), CUDA and TensorRT, require a cosine >= 0.999 per embedding
-against the CPU, then measure users/s of the user graph at each batch size and the achieved backbone TFLOP/s
-against the card's dense fp16 peak. Prints a table and writes `gpu-check.json` into --out.
+embed the same realistic rows on CPU (the reference), TensorRT (fp16), CUDA (the fp32 graph) and CUDA with the
+user graph converted to fp16 (an fp16 path where TensorRT is not installed),
+require a cosine >= 0.999 per embedding against the CPU, then measure users/s of the user graph at each batch
+size and the achieved backbone TFLOP/s against the card's dense fp16 peak. Prints a table and writes
+`gpu-check.json` into --out.
 
 Run it through `bench/gpu_check.sh`; with no usable NVIDIA GPU it prints `SKIP: ...` and exits 0.
 """
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +48,52 @@ def peak_tflops(name: str) -> float | None:
     return None
 
 
-def throughput(embedder: Any, arrays: dict, *, seconds: float) -> tuple[float, float]:
+def throughput(run_graph: Callable[[dict], Any], arrays: dict, *, seconds: float) -> tuple[float, float]:
     """(median seconds per graph call, calls made) over about `seconds`, after two warm-up calls."""
     import statistics
 
-    embedder._run_user_graph(arrays)
-    embedder._run_user_graph(arrays)
+    run_graph(arrays)
+    run_graph(arrays)
     times: list[float] = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(times) < 5:
         start = time.perf_counter()
-        embedder._run_user_graph(arrays)
+        run_graph(arrays)
         times.append(time.perf_counter() - start)
     return statistics.median(times), len(times)
+
+
+def fp16_user_graph(export: Path, out: Path) -> Path:
+    """The export's user graph with fp16 weights and activations (fp32 inputs and outputs), for the CUDA provider.
+
+    Nothing is kept in fp32: the exported RMSNorms are overflow-safe (`onnx_export.fp16_safe_rms_norm`).
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from instructue_plugin.onnx_export import USER_GRAPH_FILE
+
+    onnx.save(convert_float_to_float16(onnx.load(export / USER_GRAPH_FILE), keep_io_types=True), out)
+    return out
+
+
+def embedder_runner(export: Path, providers: list[str], scratch: str) -> tuple[list[str], Callable[[dict], Any]]:
+    """The runtime's own session on `providers`: (the providers it really got, its user-graph call)."""
+    from instructue_plugin.onnx_runtime import OnnxEmbedder
+
+    embedder = OnnxEmbedder.from_export(export, providers=providers, trt_cache_dir=Path(scratch) / "trt")
+    return embedder.providers, embedder._run_user_graph
+
+
+def session_runner(graph: Path) -> tuple[list[str], Callable[[dict], Any]]:
+    """A plain CUDA session on a graph file that has the user graph's inputs and output."""
+    import onnxruntime as ort
+
+    from instructue_plugin.onnx_runtime import USER_OUTPUT
+
+    session = ort.InferenceSession(str(graph), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return session.get_providers(), lambda arrays: session.run([USER_OUTPUT], {n: arrays[n] for n in names})[0]
 
 
 def main() -> int:
@@ -110,47 +146,55 @@ def main() -> int:
 
         rows = example_feature_rows(max(batches), seed=0)
         cpu = OnnxEmbedder.from_export(export, providers=["CPUExecutionProvider"])
-        reference = cpu.embed(rows, INSTRUCTION, batch_size=32)
-        plans = {"cuda_fp32": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+        graph_inputs = {}  # batch -> the user graph's inputs for the first `batch` rows, built once on the CPU
+        for batch in batches:
+            users = featurize({k: v[:batch] for k, v in rows.items()}, max_items_per_source=config.max_items_per_source)
+            inputs = cpu.builder.build(users, [INSTRUCTION] * batch)
+            graph_inputs[batch] = inputs.graph_inputs(cpu.item_vectors(inputs.item_texts))
+        reference = cpu._run_user_graph(graph_inputs[max(batches)])
+
+        runners: dict[str, Callable[[], tuple[list[str], Callable[[dict], Any]]]] = {}
         trt_missing = load_tensorrt()
         if trt_missing is None and "TensorrtExecutionProvider" in available:
-            plans = {
-                "tensorrt_fp16": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-                **plans,
-            }
+            runners["tensorrt_fp16"] = lambda: embedder_runner(
+                export, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], scratch
+            )
         else:
             report["providers"]["tensorrt_fp16"] = {"skipped": trt_missing or "onnxruntime has no TensorRT provider"}
             print(f"TensorRT skipped: {report['providers']['tensorrt_fp16']['skipped']}")
+        cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        runners["cuda_fp32"] = lambda: embedder_runner(export, cuda, scratch)
+        runners["cuda_fp16"] = lambda: session_runner(fp16_user_graph(export, Path(scratch) / "user_fp16.onnx"))
 
-        for label, providers in plans.items():
+        for label, make_runner in runners.items():
             start = time.perf_counter()
-            embedder = OnnxEmbedder.from_export(export, providers=providers, trt_cache_dir=Path(scratch) / "trt")
-            out = embedder.embed(rows, INSTRUCTION, batch_size=32)  # TensorRT builds its engine here
+            try:
+                providers, run_graph = make_runner()
+                out = run_graph(graph_inputs[max(batches)])  # TensorRT builds its engine here
+            except Exception as error:  # one provider failing must not hide the others' figures
+                report["providers"][label] = {"failed": f"{type(error).__name__}: {error}"}
+                print(f"{label} failed: {type(error).__name__}: {error}")
+                continue
             entry: dict[str, Any] = {
-                "providers": embedder.providers,
-                "first_embed_seconds": round(time.perf_counter() - start, 1),
+                "providers": providers,
+                "first_run_seconds": round(time.perf_counter() - start, 1),
                 "vs_cpu_fp32": compare_embeddings(out, reference),
                 "batches": {},
             }
             entry["parity_ok"] = entry["vs_cpu_fp32"]["min_cosine"] >= MIN_COSINE
             for batch in batches:
-                users = featurize(
-                    {k: v[:batch] for k, v in rows.items()}, max_items_per_source=config.max_items_per_source
-                )
-                inputs = embedder.builder.build(users, [INSTRUCTION] * batch)
-                arrays = inputs.graph_inputs(embedder.item_vectors(inputs.item_texts))
-                median, calls = throughput(embedder, arrays, seconds=args.seconds)
-                flops = backbone_flops(llm_config, arrays["attention_mask"])
-                tflops = flops / median / 1e12
+                arrays = graph_inputs[batch]
+                median, calls = throughput(run_graph, arrays, seconds=args.seconds)
+                tflops = backbone_flops(llm_config, arrays["attention_mask"]) / median / 1e12
                 entry["batches"][str(batch)] = {
                     "ms_median": 1e3 * median,
                     "users_per_s": batch / median,
                     "calls": calls,
                     "backbone_tflops": tflops,
-                    "share_of_peak": tflops / report["peak_fp16_tflops"] if report["peak_fp16_tflops"] else None,
+                    "share_of_fp16_peak": tflops / report["peak_fp16_tflops"] if report["peak_fp16_tflops"] else None,
                 }
             report["providers"][label] = entry
-            del embedder
+            del run_graph
 
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     report_path.write_text(json.dumps(report, indent=2))
@@ -158,13 +202,15 @@ def main() -> int:
     print(f"{'provider':14} {'parity':>14} {'batch':>5} {'users/s':>9} {'ms':>8} {'TFLOP/s':>8} {'of peak':>8}")
     failed = False
     for label, entry in report["providers"].items():
-        if "skipped" in entry:
-            print(f"{label:14} skipped: {entry['skipped']}")
+        if "skipped" in entry or "failed" in entry:
+            status = f"skipped: {entry['skipped']}" if "skipped" in entry else f"FAILED: {entry['failed']}"
+            print(f"{label:14} {status}")
+            failed |= "failed" in entry
             continue
         failed |= not entry["parity_ok"]
         parity = f"cos {entry['vs_cpu_fp32']['min_cosine']:.5f}" + ("" if entry["parity_ok"] else " FAIL")
         for batch, row in entry["batches"].items():
-            share = f"{row['share_of_peak']:8.1%}" if row["share_of_peak"] is not None else f"{'?':>8}"
+            share = f"{row['share_of_fp16_peak']:8.1%}" if row["share_of_fp16_peak"] is not None else f"{'?':>8}"
             print(
                 f"{label:14} {parity:>14} {batch:>5} {row['users_per_s']:9.1f} {row['ms_median']:8.2f} "
                 f"{row['backbone_tflops']:8.2f} {share}"
