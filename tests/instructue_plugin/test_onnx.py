@@ -315,9 +315,38 @@ def test_exported_rms_norm_is_the_library_function_and_stays_finite_in_fp16():
         assert torch.isinf(hidden.half().pow(2).mean(-1)).any()  # the input does overflow fp16
         in_fp16 = fp16_safe_rms_norm(copy.deepcopy(model[0]).half(), hidden.half()).float()
 
-        assert make_rms_norms_fp16_safe(model) == 1
+        assert make_rms_norms_fp16_safe(model) == ["0"]
         patched = model(hidden)
     assert torch.isfinite(in_fp16).all()
     torch.testing.assert_close(in_fp16, reference, rtol=1e-2, atol=5e-2)
     torch.testing.assert_close(patched, reference, rtol=1e-5, atol=1e-5)
     assert model[0].forward.__func__ is fp16_safe_rms_norm
+
+
+def test_only_rms_norms_whose_inputs_overflow_fp16_are_changed_and_onnxruntime_keeps_their_epsilon(tmp_path):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from instructue_plugin.onnx_export import fp16_risky_rms_norms, make_rms_norms_fp16_safe
+    from instructue_plugin.onnx_runtime import cpu_session
+
+    class TwoNorms(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calm, self.massive = LlamaRMSNorm(64, eps=1e-5), LlamaRMSNorm(64, eps=1e-5)
+
+        def forward(self, x):
+            return self.calm(x) + self.massive(x * 2_000.0)  # mean squares ~1 and ~4e6
+
+    model = TwoNorms().eval()
+    hidden = torch.randn(3, 4, 64, generator=torch.Generator().manual_seed(0))
+    hidden[0, 0] = 1e-3  # a nearly-zero row, where epsilon matters
+    with torch.no_grad():
+        reference = model(hidden).numpy()
+    risky = fp16_risky_rms_norms(model, lambda: model(hidden))
+    assert risky == ["massive"]
+    assert make_rms_norms_fp16_safe(model, risky) == ["massive"]
+
+    path = tmp_path / "norms.onnx"
+    torch.onnx.export(model, (hidden,), str(path), dynamo=False, input_names=["x"], output_names=["y"])
+    out = cpu_session(path).run(None, {"x": hidden.numpy()})[0]  # the runtime's options: all graph fusions on
+    np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-5)
