@@ -1,11 +1,10 @@
 """GPU check of the ONNX runtime: export a `smol` model, run it with TensorRT (fp16) and CUDA, check and time it.
 
 Steps: build the preset's model (untrained weights: speed and parity do not depend on them), export it (fp32),
-embed the same realistic rows on CPU (the reference), TensorRT (fp16), CUDA (the fp32 graph) and CUDA with the
-user graph converted to fp16 (an fp16 path where TensorRT is not installed),
-require a cosine >= 0.999 per embedding against the CPU, then measure users/s of the user graph at each batch
-size and the achieved backbone TFLOP/s against the card's dense fp16 peak. Prints a table and writes
-`gpu-check.json` into --out.
+run the user graph on the same realistic rows on CPU (the reference), TensorRT (fp16), CUDA (the fp32 graph) and
+CUDA with the graph converted to fp16 (an fp16 path where TensorRT is not installed), require a cosine >= 0.999
+per embedding against the CPU, then measure users/s at each batch size and the achieved backbone TFLOP/s
+against the card's dense fp16 peak. Prints a table and writes `gpu-check.json` into --out.
 
 Run it through `bench/gpu_check.sh`; with no usable NVIDIA GPU it prints `SKIP: ...` and exits 0.
 """
@@ -66,7 +65,8 @@ def throughput(run_graph: Callable[[dict], Any], arrays: dict, *, seconds: float
 def fp16_user_graph(export: Path, out: Path) -> Path:
     """The export's user graph with fp16 weights and activations (fp32 inputs and outputs), for the CUDA provider.
 
-    Nothing is kept in fp32: the exported RMSNorms are overflow-safe (`onnx_export.fp16_safe_rms_norm`).
+    Nothing is kept in fp32: the exporter wrote the RMSNorms whose inputs overflow fp16 in an overflow-safe form
+    (`onnx_export.fp16_safe_rms_norm`).
     """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
