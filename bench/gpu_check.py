@@ -71,7 +71,7 @@ def fp16_user_graph(export: Path, out: Path) -> Path:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from instructue_plugin.onnx_export import USER_GRAPH_FILE
+    from instructue_plugin.manifest import USER_GRAPH_FILE
 
     onnx.save(convert_float_to_float16(onnx.load(export / USER_GRAPH_FILE), keep_io_types=True), out)
     return out
@@ -89,7 +89,7 @@ def session_runner(graph: Path) -> tuple[list[str], Callable[[dict], Any]]:
     """A plain CUDA session on a graph file that has the user graph's inputs and output."""
     import onnxruntime as ort
 
-    from instructue_plugin.onnx_runtime import USER_OUTPUT
+    from instructue_plugin.manifest import USER_OUTPUT
 
     session = ort.InferenceSession(str(graph), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]

@@ -62,6 +62,11 @@ def _parse_users(users: str) -> list[int]:
         raise typer.BadParameter(f"--users must be comma-separated integers, got {users!r}") from None
 
 
+def _names(comma_separated: str) -> tuple[str, ...]:
+    """The non-empty, stripped items of a comma-separated option."""
+    return tuple(name.strip() for name in comma_separated.split(",") if name.strip())
+
+
 def _user_features(data: Path, users: str, at: str | None) -> tuple[list[int], Any]:
     """The `--users` ids and their feature rows from the data folder's snapshots at `at` (default: the latest)."""
     import pandas as pd
@@ -426,8 +431,3 @@ def demo(fresh: Annotated[bool, typer.Option(help="Redo every step instead of re
 
 if __name__ == "__main__":  # `python -m instructue_plugin.cli`, e.g. under `accelerate launch`
     app()
-
-
-def _names(comma_separated: str) -> tuple[str, ...]:
-    """The non-empty, stripped items of a comma-separated option."""
-    return tuple(name.strip() for name in comma_separated.split(",") if name.strip())
