@@ -148,6 +148,9 @@ def train(
     data: Annotated[Path, typer.Option(help="Data folder.")],
     out: Annotated[Path, typer.Option(help="Output model folder.")],
     preset: Annotated[str, typer.Option(help="tiny | smol-cpu | smol | hf:<dir>")] = "smol-cpu",
+    max_items_per_source: Annotated[
+        int | None, typer.Option(help="Items per source the model reads (default: the preset's).")
+    ] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
     loss: Annotated[str, typer.Option(help="both | contrastive | ar")] = "both",
     batch_size: Annotated[int, typer.Option(help="Triplets per step.")] = 16,
@@ -168,6 +171,7 @@ def train(
             data=data,
             out=out,
             preset=preset,
+            max_items_per_source=max_items_per_source,
             steps=steps,
             loss=loss,
             batch_size=batch_size,

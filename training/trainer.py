@@ -49,6 +49,8 @@ class TrainConfig(BaseModel):
     data: Path
     out: Path
     preset: str = "smol-cpu"
+    # Items per source the model reads (None: the preset's); a dataset with one source can give it the budget.
+    max_items_per_source: int | None = None
     userqa: Path | None = None  # a UserQA file; None builds one from `data` into `out/userqa.parquet`
     steps: int = 1000
     batch_size: int = 16  # in-batch negatives grow with it
@@ -69,10 +71,10 @@ class TrainConfig(BaseModel):
     seed: int = 0
     resume: bool = False
 
-    @field_validator("steps", "batch_size", "checkpoint_every")
+    @field_validator("steps", "batch_size", "checkpoint_every", "max_items_per_source")
     @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
             raise ValueError(f"must be >= 1, got {value}")
         return value
 
@@ -207,7 +209,8 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         triplets = triplets[triplets["instruction"] != ""].reset_index(drop=True)
 
     # ----- model -----
-    model_config = config_for_preset(config.preset, seed=config.seed)
+    overrides = {} if config.max_items_per_source is None else {"max_items_per_source": config.max_items_per_source}
+    model_config = config_for_preset(config.preset, seed=config.seed, **overrides)
     model = InstructUEModel.create(model_config)
     users = load_training_users(config.data, triplets, max_items_per_source=model_config.max_items_per_source)
     texts = sorted({t for u in users.values() for items in u.sources.values() for t in items.summary_texts})

@@ -1,4 +1,4 @@
-"""The trainer on the `tiny` preset: the losses fall when overfitting, and --resume continues exactly."""
+"""The trainer on the `tiny` preset: the losses fall when overfitting, --resume continues exactly, overrides apply."""
 
 from __future__ import annotations
 
@@ -81,3 +81,14 @@ def test_resume_continues_exactly(small_data, small_userqa, tmp_path):
     losses_b = pd.read_csv(resumed_dir / "losses.csv")
     assert losses_a["loss"].tolist() == losses_b["loss"].tolist()
     assert (straight / "losses.png").exists()
+
+
+def test_max_items_per_source_overrides_the_preset(small_data, small_userqa, tmp_path):
+    preset_items = config_for_preset("tiny").max_items_per_source
+    folder = train(
+        _config(small_data, small_userqa, tmp_path / "run", steps=1, max_items_per_source=preset_items + 2),
+        progress=False,
+    )
+    assert InstructUEModel.from_pretrained(folder).config.max_items_per_source == preset_items + 2
+    with pytest.raises(ValueError, match="max_items_per_source"):
+        _config(small_data, small_userqa, tmp_path / "bad", max_items_per_source=0)
