@@ -413,14 +413,27 @@ def export(
             help="Comma-separated projections the int8 variant keeps in fp32, e.g. down_proj (slower, closer to fp32)."
         ),
     ] = "",
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data folder whose users' latest rows join the parity check and calibrate the int8 variant "
+            "(default: generated example rows only)."
+        ),
+    ] = None,
 ) -> None:
     """Export a trained model to ONNX, check it (checker and parity with PyTorch) and write a manifest."""
-    from .onnx_export import export_model
+    from .onnx_export import MAX_PARITY_FEATURE_ROWS, export_model
 
     keep = _names(int8_keep_fp32)
     if keep and not int8:
         raise ConfigError("--int8-keep-fp32 needs --int8")
-    folder = export_model(model, out, int8=int8, int8_keep_fp32=keep, progress=typer.echo)
+    features = None
+    if calibration_data is not None:
+        from training.data import latest_features_sample
+
+        features = latest_features_sample(calibration_data, MAX_PARITY_FEATURE_ROWS)
+        typer.echo(f"calibrating with the latest rows of {len(features)} users of {calibration_data}")
+    folder = export_model(model, out, int8=int8, int8_keep_fp32=keep, parity_features=features, progress=typer.echo)
     typer.echo(f"export written to {folder}")
 
 

@@ -62,6 +62,8 @@ PARITY_INSTRUCTIONS = (
     "",
     "Represent this user for predicting churn in the next 30 days.",
 )
+# Real feature rows used at most for parity and int8 calibration (in batches of 32).
+MAX_PARITY_FEATURE_ROWS = 256
 # Dimension names of the dynamic axes: users, positions, distinct item texts, item word pieces.
 USER_AXES = {
     "input_ids": ("batch", "seq"),
@@ -331,17 +333,16 @@ def _parity_cases(reference: Any, catalog: list[str], parity_features: Any | Non
     single = {name: values[:1] for name, values in rows.items()}
     real.append(real_graph_inputs(reference, single, [PARITY_INSTRUCTIONS[0]]))
     if parity_features is not None:
-        from .featurize import num_rows
-
-        n = num_rows(parity_features)
-        for start in range(0, min(n, 128), 32):
+        n = _feature_rows(parity_features)
+        for start in range(0, n, 32):
             part = (
-                {k: list(v)[start : start + 32] for k, v in parity_features.items()}
+                {k: list(v)[start : min(start + 32, n)] for k, v in parity_features.items()}
                 if isinstance(parity_features, dict)
-                else parity_features.iloc[start : start + 32]
+                else parity_features.iloc[start : min(start + 32, n)]
             )
             size = min(32, n - start)
-            real.append(real_graph_inputs(reference, part, [PARITY_INSTRUCTIONS[0]] * size))
+            instructions = [PARITY_INSTRUCTIONS[(start + i) % len(PARITY_INSTRUCTIONS)] for i in range(size)]
+            real.append(real_graph_inputs(reference, part, instructions))
     random_cases = [
         random_graph_inputs(reference, batch=3, length=21, items=7, seed=1),
         random_graph_inputs(reference, batch=2, length=47, items=2, seed=2),
@@ -356,6 +357,13 @@ def _parity_cases(reference: Any, catalog: list[str], parity_features: Any | Non
     users = featurize(rows, max_items_per_source=reference.config.max_items_per_source)
     texts = sorted({t for u in users for s in u.sources.values() for t in s.texts})
     return random_cases, real, random_items, texts
+
+
+def _feature_rows(parity_features: Any | None) -> int:
+    """How many of the given real feature rows the parity check and calibration use."""
+    from .featurize import num_rows
+
+    return 0 if parity_features is None else min(num_rows(parity_features), MAX_PARITY_FEATURE_ROWS)
 
 
 def _catalog_texts(model_dir: Path) -> list[str]:
@@ -391,7 +399,9 @@ def export_model(
         opset: ONNX opset (default: 17 for the legacy exporter, 18 for dynamo).
         exporter: "legacy" (`dynamo=False`), "dynamo", or "auto" (legacy, falling back to dynamo, logged).
         tolerance: largest max-abs difference allowed between onnxruntime (fp32) and PyTorch.
-        parity_features: optional real Feast rows (DataFrame or dict of lists) added to the parity check.
+        parity_features: optional real Feast rows (DataFrame or dict of lists; the first 256 are used) added to
+            the parity check and to the int8 variant's calibration: rows of the users the model will serve make
+            a closer int8 graph than the generated example rows alone.
         progress: called with a short message at each step (the CLI shows it).
 
     Returns:
@@ -433,6 +443,7 @@ def export_model(
                 cases=(random_users, real_users, random_items, item_texts),
                 say=say,
             )
+            parity["user_embedding"]["real_feature_rows"] = _feature_rows(parity_features)
             if int8:
                 say("smoothing activations and quantizing the user graph to int8 (per channel)")
                 parity["user_embedding_int8"] = _export_int8(

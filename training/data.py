@@ -90,3 +90,23 @@ def last_event_time(data_dir: Path) -> pd.Timestamp:
         )
     con.close()
     return pd.Timestamp(max(t for t in newest if t is not None)).tz_convert("UTC")
+
+
+def latest_features_sample(data_dir: Path, users: int, *, seed: int = 0) -> pd.DataFrame:
+    """The latest feature rows of `users` users drawn at random (seeded) from the data folder's snapshots.
+
+    Rows of real users for calibrating and checking an export (`instructue export --calibration-data`).
+    """
+    snapshots = _require(Path(data_dir) / SNAPSHOTS, "snapshots folder")
+    tables = [
+        str(_require(snapshots / f"{name}.parquet", f"snapshot table {name!r}"))
+        for name in [s.name for s in SEQUENCE_SOURCES] + [PROFILE.name]
+    ]
+    con = duckdb.connect()
+    ids = con.execute(f"SELECT DISTINCT {ENTITY_KEY} FROM read_parquet({tables}) ORDER BY 1").df()[ENTITY_KEY]
+    con.close()
+    if ids.empty:
+        raise DataValidationError(f"{snapshots} holds no users")
+    chosen = ids.sample(min(users, len(ids)), random_state=seed).sort_values()
+    when = pd.Timestamp("2200-01-01", tz="UTC")
+    return features_asof(data_dir, pd.DataFrame({ENTITY_KEY: chosen.to_numpy(), TIMESTAMP_COLUMN: when}))
