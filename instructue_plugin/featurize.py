@@ -94,6 +94,17 @@ def _is_null(value: Any) -> bool:
     return type(value).__name__ == "NAType"
 
 
+def _to_floats(values: Sequence[Any], *, column: str, row: int) -> np.ndarray:
+    """A list cell as float64 (null -> NaN); the per-value path names the first value that is not a number."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+        if array.ndim == 1:
+            return array
+    except (TypeError, ValueError):
+        pass
+    return np.array([_to_float(v, column=column, row=row) for v in values], dtype=np.float64)
+
+
 def _to_float(value: Any, *, column: str, row: int) -> float:
     if _is_null(value):
         return math.nan
@@ -107,6 +118,12 @@ def _to_float(value: Any, *, column: str, row: int) -> float:
 
 def _scale(raw: float, spec: ItemField | ProfileField) -> float:
     value = math.log1p(max(raw, 0.0)) if spec.transform == "log1p" else raw
+    return (value - spec.center) / spec.scale
+
+
+def _scale_array(raw: np.ndarray, spec: ItemField) -> np.ndarray:
+    """`_scale` over an array of finite values."""
+    value = np.log1p(np.maximum(raw, 0.0)) if spec.transform == "log1p" else raw
     return (value - spec.center) / spec.scale
 
 
@@ -153,7 +170,7 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
             if ts is None or len(ts) == 0:
                 per_row.append(([], {}))
                 continue
-            ts = [_to_float(t, column=source.ts_column, row=row) for t in ts]
+            ts = _to_floats(ts, column=source.ts_column, row=row)
             values = {}
             for f in source.fields:
                 cell = field_values[f.name][row]
@@ -164,9 +181,9 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
                         f"{source.ts_column!r} has {len(ts)}; list columns of a source must align"
                     )
                 values[f.name] = list(cell)
-            finite_ts = [t for t in ts if math.isfinite(t)]
-            if finite_ts:
-                newest[row] = max(newest[row], max(finite_ts))
+            finite_ts = ts[np.isfinite(ts)]
+            if finite_ts.size:
+                newest[row] = max(newest[row], finite_ts.max())
             per_row.append((ts, values))
         raw[source.name] = per_row
 
@@ -174,21 +191,21 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
         if source.name not in raw:
             continue
         for row, (ts, values) in enumerate(raw[source.name]):
-            if not ts:
+            if not len(ts):
                 continue
-            order = sorted(range(len(ts)), key=lambda i: ts[i] if math.isfinite(ts[i]) else -math.inf)  # newest last
-            texts = [source.item_text([_text(values[f.name][i]) for f in source.text_fields]) for i in order]
+            finite = np.isfinite(ts)
+            order = np.argsort(np.where(finite, ts, -np.inf), kind="stable")  # newest last
+            text_columns = [[v if isinstance(v, str) else _text(v) for v in values[f.name]] for f in source.text_fields]
+            item_texts = [source.item_text(parts) for parts in zip(*text_columns, strict=True)]
+            texts = [item_texts[i] for i in order]
             numeric = np.zeros((len(order), ITEM_NUMERIC_WIDTH), dtype=np.float32)
             for j, spec in enumerate(source.numeric_fields):
-                for k, i in enumerate(order):
-                    value = _to_float(values[spec.name][i], column=source.column(spec.name), row=row)
-                    if math.isfinite(value):
-                        numeric[k, j] = _scale(value, spec)
-                    else:
-                        nonfinite += 1
-            for k, i in enumerate(order):
-                age_days = (newest[row] - ts[i]) / 86400.0 if math.isfinite(ts[i]) else 0.0
-                numeric[k, RECENCY_SLOT] = math.log1p(max(age_days, 0.0)) / RECENCY_SCALE
+                raw_values = _to_floats(values[spec.name], column=source.column(spec.name), row=row)[order]
+                usable = np.isfinite(raw_values)
+                nonfinite += int((~usable).sum())
+                numeric[:, j] = np.where(usable, _scale_array(np.where(usable, raw_values, 0.0), spec), 0.0)
+            age_days = np.where(finite[order], (newest[row] - ts[order]) / 86400.0, 0.0)
+            numeric[:, RECENCY_SLOT] = np.log1p(np.maximum(age_days, 0.0)) / RECENCY_SCALE
             summary = numeric.mean(axis=0)
             summary[COUNT_SLOT] = math.log1p(len(order)) / math.log1p(source.max_items)
             summary[SUMMARY_FLAG_SLOT] = 1.0
