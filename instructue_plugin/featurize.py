@@ -95,13 +95,14 @@ def _is_null(value: Any) -> bool:
 
 
 def _to_floats(values: Sequence[Any], *, column: str, row: int) -> np.ndarray:
-    """A list cell as float64 (null -> NaN); the per-value path names the first value that is not a number."""
-    try:
-        array = np.asarray(values, dtype=np.float64)
-        if array.ndim == 1:
-            return array
-    except (TypeError, ValueError):
-        pass
+    """A list cell as float64 (null -> NaN).
+
+    Plain numbers convert at once; anything else (nulls, strings, timestamps, nested lists) goes value by value,
+    so a value that is not a number is named in the error.
+    """
+    array = np.asarray(values)
+    if array.ndim == 1 and array.dtype.kind in "biuf":
+        return array.astype(np.float64)
     return np.array([_to_float(v, column=column, row=row) for v in values], dtype=np.float64)
 
 

@@ -159,6 +159,19 @@ def test_bad_rows_raise_clear_errors(embedder, rows):
     wrong_type["profile_age"] = ["old"] * 6
     with pytest.raises(DataValidationError, match="profile_age"):
         embedder.embed(wrong_type)
+    for column, cell in (
+        ("bill_amount", ["12.5", "lots"]),  # a string that is not a number
+        ("bill_ts", np.array(["2026-01-01", "2026-01-02"], dtype="datetime64[us]")),  # not unix seconds
+        ("app_minutes", [[3.0], [4.0]]),  # nested lists
+    ):
+        source = column.split("_")[0]
+        bad = {name: [v[:] if isinstance(v, list) else v for v in values] for name, values in rows.items()}
+        row = next(i for i, v in enumerate(bad[f"{source}_ts"]) if v is not None and len(v) >= 2)
+        for name in [n for n in bad if n.startswith(f"{source}_")]:
+            bad[name][row] = bad[name][row][:2]
+        bad[column][row] = cell
+        with pytest.raises(DataValidationError, match=f"{column}.*row {row}.*not a number"):
+            embedder.embed(bad)
     partial = {name: values for name, values in rows.items() if name != "app_minutes"}
     with pytest.raises(DataValidationError, match="app_minutes"):
         embedder.embed(partial)
