@@ -4,7 +4,9 @@ Dynamic int8 quantizes weights per output channel and activations with one scale
 decoder MLPs' down projections see activations with a few huge channels (pretrained LLMs), so before
 quantizing, the export copy is smoothed (SmoothQuant, folded into the weights: the fp32 function is unchanged)
 and exported again; then only matmuls with constant weights are quantized (attention's activation products and
-the token-embedding table stay fp32).
+the token-embedding table stay fp32). The smoothing's activation maxima come from the export's real parity
+cases: generated example rows, plus the users of `--calibration-data` when given, whose activations are those
+the served graph will see.
 """
 
 from __future__ import annotations
