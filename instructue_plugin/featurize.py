@@ -117,13 +117,8 @@ def _to_float(value: Any, *, column: str, row: int) -> float:
         ) from None
 
 
-def _scale(raw: float, spec: ItemField | ProfileField) -> float:
-    value = math.log1p(max(raw, 0.0)) if spec.transform == "log1p" else raw
-    return (value - spec.center) / spec.scale
-
-
-def _scale_array(raw: np.ndarray, spec: ItemField) -> np.ndarray:
-    """`_scale` over an array of finite values."""
+def _scale(raw: Any, spec: ItemField | ProfileField) -> Any:
+    """A field's normalized value (a finite number or an array of them)."""
     value = np.log1p(np.maximum(raw, 0.0)) if spec.transform == "log1p" else raw
     return (value - spec.center) / spec.scale
 
@@ -181,7 +176,7 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
                         f"row {row}: column {source.column(f.name)!r} has {got} items but "
                         f"{source.ts_column!r} has {len(ts)}; list columns of a source must align"
                     )
-                values[f.name] = list(cell)
+                values[f.name] = cell
             finite_ts = ts[np.isfinite(ts)]
             if finite_ts.size:
                 newest[row] = max(newest[row], finite_ts.max())
@@ -204,7 +199,7 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
                 raw_values = _to_floats(values[spec.name], column=source.column(spec.name), row=row)[order]
                 usable = np.isfinite(raw_values)
                 nonfinite += int((~usable).sum())
-                numeric[:, j] = np.where(usable, _scale_array(np.where(usable, raw_values, 0.0), spec), 0.0)
+                numeric[:, j] = np.where(usable, _scale(np.where(usable, raw_values, 0.0), spec), 0.0)
             age_days = np.where(finite[order], (newest[row] - ts[order]) / 86400.0, 0.0)
             numeric[:, RECENCY_SLOT] = np.log1p(np.maximum(age_days, 0.0)) / RECENCY_SCALE
             summary = numeric.mean(axis=0)
