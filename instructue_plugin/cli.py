@@ -71,10 +71,10 @@ def _user_features(data: Path, users: str, at: str | None) -> tuple[list[int], A
     """The `--users` ids and their feature rows from the data folder's snapshots at `at` (default: the latest)."""
     import pandas as pd
 
-    from training.data import features_asof
+    from training.data import LATEST, features_asof
 
     ids = _parse_users(users)
-    when = pd.Timestamp(at, tz="UTC") if at else pd.Timestamp("2200-01-01", tz="UTC")
+    when = pd.Timestamp(at, tz="UTC") if at else LATEST
     return ids, features_asof(data, pd.DataFrame({"user_id": ids, "event_timestamp": [when] * len(ids)}))
 
 

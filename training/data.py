@@ -18,12 +18,21 @@ from instructue_plugin.schema import ENTITY_KEY, PROFILE, SEQUENCE_SOURCES, TIME
 SNAPSHOTS = "snapshots"
 RAW = "raw"
 LABELS = "labels.parquet"
+# A time after every snapshot: features as of it are each user's latest.
+LATEST = pd.Timestamp("2200-01-01", tz="UTC")
 
 
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
         raise DataValidationError(f"{what} not found at {path}; generate data with `instructue synth` first")
     return path
+
+
+def _snapshot_tables(data_dir: Path) -> dict[str, Path]:
+    """The snapshot table of each of the six sources, by source name (refused when one is missing)."""
+    snapshots = _require(Path(data_dir) / SNAPSHOTS, "snapshots folder")
+    names = [s.name for s in SEQUENCE_SOURCES] + [PROFILE.name]
+    return {name: _require(snapshots / f"{name}.parquet", f"snapshot table {name!r}") for name in names}
 
 
 def read_labels(data_dir: Path) -> pd.DataFrame:
@@ -37,7 +46,7 @@ def features_asof(data_dir: Path, entities: pd.DataFrame) -> pd.DataFrame:
     Returns the entity columns followed by every feature column of the six sources (null where a user has
     no snapshot at or before the time).
     """
-    snapshots = _require(Path(data_dir) / SNAPSHOTS, "snapshots folder")
+    tables = _snapshot_tables(data_dir)
     frame = entities[[ENTITY_KEY, TIMESTAMP_COLUMN]].copy()
     frame[TIMESTAMP_COLUMN] = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
     frame["_row"] = range(len(frame))
@@ -48,10 +57,9 @@ def features_asof(data_dir: Path, entities: pd.DataFrame) -> pd.DataFrame:
     for i, (name, columns) in enumerate(
         [(s.name, s.feature_columns) for s in SEQUENCE_SOURCES] + [(PROFILE.name, PROFILE.feature_columns)]
     ):
-        path = _require(snapshots / f"{name}.parquet", f"snapshot table {name!r}")
         selects += [f's{i}."{c}"' for c in columns]
         joins.append(
-            f"ASOF LEFT JOIN read_parquet('{path}') s{i} ON e.{ENTITY_KEY} = s{i}.{ENTITY_KEY} "
+            f"ASOF LEFT JOIN read_parquet('{tables[name]}') s{i} ON e.{ENTITY_KEY} = s{i}.{ENTITY_KEY} "
             f"AND e.{TIMESTAMP_COLUMN} >= s{i}.{TIMESTAMP_COLUMN}"
         )
     query = (
@@ -97,16 +105,11 @@ def latest_features_sample(data_dir: Path, users: int, *, seed: int = 0) -> pd.D
 
     Rows of real users for calibrating and checking an export (`instructue export --calibration-data`).
     """
-    snapshots = _require(Path(data_dir) / SNAPSHOTS, "snapshots folder")
-    tables = [
-        str(_require(snapshots / f"{name}.parquet", f"snapshot table {name!r}"))
-        for name in [s.name for s in SEQUENCE_SOURCES] + [PROFILE.name]
-    ]
+    tables = [str(path) for path in _snapshot_tables(data_dir).values()]
     con = duckdb.connect()
     ids = con.execute(f"SELECT DISTINCT {ENTITY_KEY} FROM read_parquet({tables}) ORDER BY 1").df()[ENTITY_KEY]
     con.close()
     if ids.empty:
-        raise DataValidationError(f"{snapshots} holds no users")
+        raise DataValidationError(f"{Path(data_dir) / SNAPSHOTS} holds no users")
     chosen = ids.sample(min(users, len(ids)), random_state=seed).sort_values()
-    when = pd.Timestamp("2200-01-01", tz="UTC")
-    return features_asof(data_dir, pd.DataFrame({ENTITY_KEY: chosen.to_numpy(), TIMESTAMP_COLUMN: when}))
+    return features_asof(data_dir, pd.DataFrame({ENTITY_KEY: chosen.to_numpy(), TIMESTAMP_COLUMN: LATEST}))
