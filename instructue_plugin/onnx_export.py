@@ -335,13 +335,13 @@ def _parity_cases(reference: Any, catalog: list[str], parity_features: Any | Non
     if parity_features is not None:
         n = _feature_rows(parity_features)
         for start in range(0, n, 32):
+            chunk = slice(start, min(start + 32, n))
             part = (
-                {k: list(v)[start : min(start + 32, n)] for k, v in parity_features.items()}
+                {k: list(v)[chunk] for k, v in parity_features.items()}
                 if isinstance(parity_features, dict)
-                else parity_features.iloc[start : min(start + 32, n)]
+                else parity_features.iloc[chunk]
             )
-            size = min(32, n - start)
-            instructions = [PARITY_INSTRUCTIONS[(start + i) % len(PARITY_INSTRUCTIONS)] for i in range(size)]
+            instructions = [PARITY_INSTRUCTIONS[i % len(PARITY_INSTRUCTIONS)] for i in range(chunk.start, chunk.stop)]
             real.append(real_graph_inputs(reference, part, instructions))
     random_cases = [
         random_graph_inputs(reference, batch=3, length=21, items=7, seed=1),
