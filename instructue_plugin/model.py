@@ -8,8 +8,10 @@ and, when built, the item-vector cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +230,24 @@ class InstructUEModel(nn.Module):
         """Projection head and L2 norm: (N, H) -> (N, E)."""
         return F.normalize(self.head(hidden), dim=-1)
 
+    @contextlib.contextmanager
+    def _last_mlp_at(self, rows: torch.Tensor) -> Iterator[None]:
+        """While active, the decoder's last MLP reads only row `rows[b]` of each sequence b.
+
+        The last layer's post-attention norm hands the MLP (B, 1, H) instead of (B, L, H); the residual sum that
+        follows broadcasts, so the last hidden states are exact at those rows only (the only ones read).
+        """
+        norm = self.llm.get_base_model().get_decoder().layers[-1].post_attention_layernorm
+
+        def keep_rows(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            return output[torch.arange(output.shape[0]), rows].unsqueeze(1)
+
+        handle = norm.register_forward_hook(keep_rows)
+        try:
+            yield
+        finally:
+            handle.remove()
+
     # ----- the two towers ----------------------------------------------------------------------------
 
     def user_hidden(
@@ -261,18 +281,24 @@ class InstructUEModel(nn.Module):
         position_ids: torch.Tensor,
         user_position: torch.Tensor,
     ) -> torch.Tensor:
-        """The user-embedding graph (what ONNX export traces): (B, E) L2-normalized embeddings."""
-        hidden = self.user_hidden(
-            input_ids,
-            token_kind,
-            item_vectors,
-            item_index,
-            item_numeric,
-            profile_vector,
-            profile_slot,
-            attention_mask,
-            position_ids,
-        )
+        """The user-embedding graph (what ONNX export traces): (B, E) L2-normalized embeddings.
+
+        Only the `<USER>` row of the last layer is read, so that layer's MLP runs on that row alone
+        (`_last_mlp_at`): the same embeddings, ~19 % fewer decoder FLOPs for the 4-layer preset. Not
+        re-entrant (a hook on a shared module): callers serialize calls, as `Embedder` does.
+        """
+        with self._last_mlp_at(user_position):
+            hidden = self.user_hidden(
+                input_ids,
+                token_kind,
+                item_vectors,
+                item_index,
+                item_numeric,
+                profile_vector,
+                profile_slot,
+                attention_mask,
+                position_ids,
+            )
         at_user = hidden[torch.arange(hidden.shape[0]), user_position]  # (B, H)
         return self.project(at_user)
 

@@ -67,7 +67,8 @@ def backbone_flops(llm_config: dict[str, Any], attention_mask: np.ndarray) -> fl
     """FLOPs of the decoder for a batch, counted on the real (unpadded) tokens of each row.
 
     Per layer and real token: 2·(q, k, v, o and gate, up, down projection MACs); per layer and row of n real
-    tokens: 2·2·heads·n²·head_dim for the attention scores and the weighted values.
+    tokens: 2·2·heads·n²·head_dim for the attention scores and the weighted values. The last layer's MLP runs
+    on the `<USER>` row alone (`InstructUEModel.forward`): one token per row there.
     """
     hidden = llm_config["hidden_size"]
     heads = llm_config["num_attention_heads"]
@@ -75,11 +76,13 @@ def backbone_flops(llm_config: dict[str, Any], attention_mask: np.ndarray) -> fl
     head_dim = llm_config.get("head_dim") or hidden // heads
     layers = llm_config["num_hidden_layers"]
     inner = llm_config["intermediate_size"]
-    macs_per_token = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2 + 3 * hidden * inner
+    attention_macs = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
+    mlp_macs = 3 * hidden * inner
     lengths = attention_mask.sum(1).astype(np.float64)
-    linear = 2.0 * macs_per_token * lengths.sum()
+    tokens, rows = lengths.sum(), len(lengths)
+    linear = 2.0 * (layers * attention_macs * tokens + mlp_macs * ((layers - 1) * tokens + rows))
     attention = 4.0 * heads * head_dim * (lengths**2).sum()
-    return float(layers * (linear + attention))
+    return float(linear + layers * attention)
 
 
 class GemmProbe:

@@ -69,6 +69,24 @@ def test_padding_does_not_change_a_users_embedding(model, rows, side):
         model.builder.config = model.config
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_last_mlp_on_the_user_row_alone_gives_the_full_decoders_embedding(model, rows, side):
+    model.builder.config = model.config.model_copy(update={"padding_side": side})
+    try:
+        users = featurize(rows, max_items_per_source=model.config.max_items_per_source)
+        tensors = model.tensors(model.builder.build(users, [FUND, "", CHURN, FUND, "", CHURN]))
+        with torch.inference_mode():
+            embedded = model(**tensors)
+            user_position = tensors.pop("user_position")
+            hidden = model.user_hidden(**tensors)  # every row of the last layer computed
+            full = model.project(hidden[torch.arange(len(users)), user_position])
+    finally:
+        model.builder.config = model.config
+    torch.testing.assert_close(embedded, full, atol=1e-6, rtol=0)
+    last_norm = model.llm.get_base_model().get_decoder().layers[-1].post_attention_layernorm
+    assert hidden.shape[1] > 1 and not last_norm._forward_hooks, "the read-out hook outlives the call"
+
+
 def test_missing_sources_are_omitted_not_zero_filled(model, rows):
     users = featurize(rows, max_items_per_source=model.config.max_items_per_source)
     assert set(users[1].sources) == {"miniprogram", "page_path", "app"}
