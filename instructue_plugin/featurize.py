@@ -163,15 +163,15 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
         per_row = []
         for row in range(rows):
             ts = ts_values[row]
-            if ts is None or len(ts) == 0:
+            if _is_null(ts) or len(ts) == 0:
                 per_row.append(([], {}))
                 continue
             ts = _to_floats(ts, column=source.ts_column, row=row)
             values = {}
             for f in source.fields:
                 cell = field_values[f.name][row]
-                if cell is None or len(cell) != len(ts):
-                    got = "null" if cell is None else len(cell)
+                if _is_null(cell) or len(cell) != len(ts):
+                    got = "null" if _is_null(cell) else len(cell)
                     raise DataValidationError(
                         f"row {row}: column {source.column(f.name)!r} has {got} items but "
                         f"{source.ts_column!r} has {len(ts)}; list columns of a source must align"
