@@ -264,15 +264,21 @@ def default_trt_cache_dir(folder: Path) -> Path:
     return folder.parent / f"{folder.name}.trt-cache"
 
 
-def _writable_cache_dir(folder: Path, *, fallback_key: str) -> Path:
-    """`folder`, created; if that is not possible (a read-only mount), a folder under the user cache (logged)."""
+def graph_trt_cache_dir(base: Path, digest: str) -> Path:
+    """One graph's TensorRT caches, `<base>/<first 16 hex of its sha256>`, created.
+
+    onnxruntime names an engine after the graph's node and input names, not its weights: a model re-exported
+    into the same folder must not find the engine built for the old weights. If `base` cannot be written (a
+    read-only mount), a folder under the user cache is used instead (logged).
+    """
+    folder = base / digest[:16]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
     except OSError as error:
         from .settings import cache_dir
 
-        fallback = cache_dir() / "trt" / fallback_key
+        fallback = cache_dir() / "trt" / folder.name
         logger.warning("cannot create the TensorRT cache %s (%s): using %s", folder, error, fallback)
         fallback.mkdir(parents=True, exist_ok=True)
         return fallback
@@ -350,15 +356,14 @@ class OnnxEmbedder(Embedder):
         item_cache = ItemVectorCache.load(folder, dim=manifest["item_dim"])
 
         plan, why_cpu = provider_plan(providers, variant=variant)
-        cache_dir = Path(trt_cache_dir) if trt_cache_dir is not None else default_trt_cache_dir(folder)
+        user_plan, item_plan = plan, plan
         if TENSORRT in (_provider_name(p) for p in plan):
-            cache_dir = _writable_cache_dir(cache_dir, fallback_key=manifest["files"][graph_file][:16])
-        item_dim = manifest["item_dim"]
-        user_trt = trt_options(
-            user_graph_shapes(config, builder, item_dim=item_dim, max_users=MAX_USERS_PER_RUN), cache_dir
-        )
-        item_trt = trt_options(item_graph_shapes(config), cache_dir)
-        user_plan, item_plan = _with_trt_options(plan, user_trt), _with_trt_options(plan, item_trt)
+            base = Path(trt_cache_dir) if trt_cache_dir is not None else default_trt_cache_dir(folder)
+            user_shapes = user_graph_shapes(config, builder, item_dim=manifest["item_dim"], max_users=MAX_USERS_PER_RUN)
+            user_cache = graph_trt_cache_dir(base, manifest["files"][graph_file])
+            item_cache_dir = graph_trt_cache_dir(base, manifest["files"][ITEM_GRAPH_FILE])
+            user_plan = _with_trt_options(plan, trt_options(user_shapes, user_cache))
+            item_plan = _with_trt_options(plan, trt_options(item_graph_shapes(config), item_cache_dir))
         user_session, created = _session(folder / graph_file, manifest["files"][graph_file], user_plan)
         item_session, _ = _session(folder / ITEM_GRAPH_FILE, manifest["files"][ITEM_GRAPH_FILE], item_plan)
         embedder = cls(

@@ -24,7 +24,7 @@ from instructue_plugin.featurize import featurize
 from instructue_plugin.manifest import MANIFEST_FILE, USER_GRAPH_FILE, read_manifest
 from instructue_plugin.model import InstructUEModel
 from instructue_plugin.onnx_export import ExportError, ExportParityError, export_model
-from instructue_plugin.onnx_runtime import OnnxEmbedder, clear_session_cache, gpu_status
+from instructue_plugin.onnx_runtime import OnnxEmbedder, clear_session_cache, gpu_status, graph_trt_cache_dir
 from instructue_plugin.schema import SCHEMA_HASH
 from instructue_plugin.sequence import GRAPH_INPUT_NAMES
 from tests.helpers import feature_rows, select_rows
@@ -247,6 +247,20 @@ def test_embedding_with_onnxruntime_loads_neither_torch_nor_transformers(export_
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "heavy: []" in result.stdout
+
+
+def test_tensorrt_caches_are_per_graph_digest_and_fall_back_when_unwritable(tmp_path, monkeypatch, caplog):
+    # A re-export into the same folder has a new digest, so it cannot pick up the old weights' engine.
+    old, new = "a" * 64, "b" * 64
+    assert graph_trt_cache_dir(tmp_path / "trt", old) != graph_trt_cache_dir(tmp_path / "trt", new)
+    assert (tmp_path / "trt" / old[:16]).is_dir()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("INSTRUCTUE_CACHE", str(tmp_path / "user-cache"))
+    with caplog.at_level(logging.WARNING):
+        fallback = graph_trt_cache_dir(blocked, new)
+    assert fallback == (tmp_path / "user-cache" / "trt" / new[:16]).resolve() and fallback.is_dir()
+    assert "cannot create the TensorRT cache" in caplog.text
 
 
 # ----- GPU only (deselected by default; run with -m gpu on a machine with an NVIDIA GPU) --------------------
