@@ -44,23 +44,25 @@ _FEAST_SAMPLE_STRING = "hello world"
 # What the schema-inference call gets back: a non-empty float list, enough to infer Array(Float32).
 _PLACEHOLDER = [0.0]
 
-_embedders: dict[Path, Embedder] = {}
+_embedders: dict[tuple[Path, str], Embedder] = {}  # (folder, variant)
 _lock = threading.Lock()
 
 
 def load_embedder(model_path: str | Path | None = None) -> Embedder:
-    """The embedder of `model_path` (default: `settings.model_dir()`), loaded once per process and folder.
+    """The embedder of `model_path` (default: `settings.model_dir()`), loaded once per process, folder and variant
+    (INSTRUCTUE_MODEL_VARIANT).
 
     Raises:
         ModelNotFoundError: nothing at the folder; the message names INSTRUCTUE_MODEL and the fix.
         CorruptModelError, SchemaMismatchError: as `instructue_plugin.load`.
     """
     folder = Path(model_path).expanduser().resolve() if model_path is not None else settings.model_dir()
-    embedder = _embedders.get(folder)
+    key = (folder, settings.model_variant())
+    embedder = _embedders.get(key)
     if embedder is not None:
         return embedder
     with _lock:
-        if folder not in _embedders:  # another thread may have loaded it while this one waited
+        if key not in _embedders:  # another thread may have loaded it while this one waited
             if not folder.exists():
                 raise ModelNotFoundError(
                     f"no InstructUE model at {folder} (the folder named by INSTRUCTUE_MODEL, default "
@@ -71,8 +73,8 @@ def load_embedder(model_path: str | Path | None = None) -> Embedder:
             import instructue_plugin
 
             logger.info("loading the InstructUE model from %s", folder)
-            _embedders[folder] = instructue_plugin.load(folder)
-        return _embedders[folder]
+            _embedders[key] = instructue_plugin.load(folder, variant=key[1])
+        return _embedders[key]
 
 
 def embed_on_read(inputs: Mapping[str, Sequence[Any]]) -> dict[str, list[list[float] | None]]:

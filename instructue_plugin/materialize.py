@@ -15,10 +15,11 @@ How it reads the users, and why the offline store:
    (A view row more than the view's TTL older than the user's newest snapshot is not joined.)
 
 Resume state (`<repo>/data/materialize_state.json`, written atomically after every batch), per instruction:
-the model's fingerprint (hash of its export manifest, or of its config and weights), the instruction text's
-hash, the users' fingerprint (ids and reading times), the batch size, and the number of batches done. A rerun
-continues each instruction where it stopped; when all match and are complete it writes nothing and says so;
-a changed model, text, batch size or data restarts that instruction from its first batch.
+the model's fingerprint (hash of its export manifest, or of its config and weights), the variant served
+(INSTRUCTUE_MODEL_VARIANT), the instruction text's hash, the users' fingerprint (ids and reading times), the
+batch size, and the number of batches done. A rerun continues each instruction where it stopped; when all match
+and are complete it writes nothing and says so; a changed model, variant, text, batch size or data restarts that
+instruction from its first batch (its earlier offline copy is removed only once the model has loaded).
 """
 
 from __future__ import annotations
@@ -278,9 +279,11 @@ def materialize_embeddings(
     state = {} if force else _read_state(path)
     users_id = _users_fingerprint(users)
     start: dict[str, int] = {}
+    stale: list[str] = []
     for instruction in instructions:
         identity = {
             "model": model_id,
+            "variant": settings.model_variant(),
             "text_sha256": _text_hash(instruction.text),
             "users": users_id,
             "batch_size": batch_size,
@@ -294,7 +297,7 @@ def materialize_embeddings(
             if recorded:
                 changed = [k for k, v in identity.items() if recorded.get(k) != v]
                 logger.info("instruction %r: %s changed, recomputing", instruction.id, ", ".join(changed))
-            shutil.rmtree(offline_dir / instruction.id, ignore_errors=True)
+            stale.append(instruction.id)
         state[instruction.id] = {**identity, "batches_done": start[instruction.id]}
         if start[instruction.id] >= batches:
             summary.up_to_date.append(instruction.id)
@@ -306,7 +309,9 @@ def materialize_embeddings(
         logger.info("%s", summary.describe())
         return summary
 
-    embedder = load_embedder(model_folder)
+    embedder = load_embedder(model_folder)  # before removing anything: a model that fails to load keeps the old rows
+    for instruction_id in stale:
+        shutil.rmtree(offline_dir / instruction_id, ignore_errors=True)
     summary.written = {i.id: 0 for i in pending}
     computed_at = datetime.now(UTC)
     work = sum(batches - start[i.id] for i in pending)

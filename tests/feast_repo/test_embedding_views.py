@@ -31,7 +31,7 @@ from instructue_plugin import feast_udf, schema
 from instructue_plugin.config import config_for_preset
 from instructue_plugin.errors import ConfigError, DataValidationError, ModelNotFoundError
 from instructue_plugin.feast_definitions import FEATURE_TTL, snapshot_path
-from instructue_plugin.materialize import load_instructions, materialize_embeddings, state_path
+from instructue_plugin.materialize import _offline_copy_dir, load_instructions, materialize_embeddings, state_path
 from instructue_plugin.model import InstructUEModel
 from tests.feast_repo.conftest import FEAST, apply_repo_copy, write_snapshot_dataset
 
@@ -253,6 +253,21 @@ def test_rerun_with_nothing_changed_writes_nothing(applied_repo, model_dir, inst
     assert again.written == {}
     assert sorted(again.up_to_date) == ["fund", "general"]
     assert "nothing to do" in again.describe()
+
+
+def test_changed_variant_recomputes_and_a_model_that_fails_to_load_keeps_the_rows(
+    applied_repo, store, model_dir, embedder, instructions_file, materialized, users, monkeypatch
+) -> None:
+    offline_copy = _offline_copy_dir(store) / "fund"
+    files_before = sorted(offline_copy.rglob("*.parquet"))
+    before = as_matrix(materialized_read(store, users, "fund"), embedder.dim)
+    monkeypatch.setenv("INSTRUCTUE_MODEL_VARIANT", "int8")  # not servable from a PyTorch model folder
+    with pytest.raises(ConfigError, match="int8"):  # the variant is part of the identity: not "nothing to do"
+        materialize_embeddings(
+            applied_repo, instructions_file=instructions_file, model_path=model_dir, batch_size=16, progress=False
+        )
+    assert files_before and sorted(offline_copy.rglob("*.parquet")) == files_before
+    assert_vectors(materialized_read(store, users, "fund"), before, where="after the failed load")
 
 
 def test_interrupted_run_resumes_where_it_stopped(
