@@ -30,8 +30,8 @@ class ItemVectorCache:
     def __init__(self, *, dim: int, max_entries: int = 2_000_000) -> None:
         self.dim = dim
         self.max_entries = max_entries
-        self._index: dict[str, int] = {}
-        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self._index: dict[str, int] = {}  # text -> its row of `_vectors`
+        self._vectors = np.zeros((0, dim), dtype=np.float32)  # rows beyond len(_index) are spare capacity
         self._lock = threading.Lock()
         self._warned_full = False
 
@@ -58,9 +58,16 @@ class ItemVectorCache:
         return out
 
     def add(self, texts: list[str], vectors: np.ndarray) -> None:
-        """Insert (or keep) vectors for texts, up to `max_entries`."""
+        """Insert vectors for texts not cached yet (the first of repeated texts), up to `max_entries`.
+
+        Storage grows by doubling, so inserting N texts one request at a time copies O(N) rows, not O(N²).
+        """
         with self._lock:
-            new = [(t, v) for t, v in zip(texts, vectors, strict=True) if t not in self._index]
+            unseen: dict[str, np.ndarray] = {}
+            for text, vector in zip(texts, vectors, strict=True):
+                if text not in self._index:
+                    unseen.setdefault(text, vector)
+            new = list(unseen.items())
             room = self.max_entries - len(self._index)
             if len(new) > room:
                 if not self._warned_full:
@@ -72,27 +79,39 @@ class ItemVectorCache:
                 new = new[: max(room, 0)]
             if not new:
                 return
-            start = len(self._index)
+            start, end = len(self._index), len(self._index) + len(new)
+            if end > len(self._vectors):
+                grown = np.zeros((min(max(end, 2 * len(self._vectors)), self.max_entries), self.dim), np.float32)
+                grown[:start] = self._vectors[:start]
+                self._vectors = grown
+            self._vectors[start:end] = np.stack([v for _, v in new])
             for offset, (text, _) in enumerate(new):
                 self._index[text] = start + offset
-            self._vectors = np.concatenate([self._vectors, np.stack([v for _, v in new]).astype(np.float32)])
 
     def save(self, folder: Path) -> None:
         """Write the cache into `folder` (vectors as .npy, texts as JSON)."""
         with self._lock:
-            np.save(folder / CACHE_VECTORS_FILE, self._vectors)
+            np.save(folder / CACHE_VECTORS_FILE, self._vectors[: len(self._index)])
             (folder / CACHE_TEXTS_FILE).write_text(json.dumps(list(self._index)))
 
     @classmethod
     def load(cls, folder: Path, *, dim: int) -> ItemVectorCache:
-        """Read a cache written by `save`; an absent cache gives an empty one."""
+        """Read a cache written by `save`; an absent, incomplete or unreadable one gives an empty cache (logged):
+        the vectors are derived data, encoded again on first use."""
         cache = cls(dim=dim)
         if not (folder / CACHE_VECTORS_FILE).exists():
             return cache
-        vectors = np.load(folder / CACHE_VECTORS_FILE, allow_pickle=False)
-        texts = json.loads((folder / CACHE_TEXTS_FILE).read_text())
-        if vectors.shape != (len(texts), dim):
-            logger.warning("item cache in %s has shape %s for %d texts: ignored", folder, vectors.shape, len(texts))
+        try:
+            vectors = np.load(folder / CACHE_VECTORS_FILE, allow_pickle=False)
+            texts = json.loads((folder / CACHE_TEXTS_FILE).read_text())
+        except (OSError, ValueError) as error:  # a missing texts file, a truncated .npy, broken JSON
+            logger.warning("item cache in %s cannot be read (%s): ignored", folder, error)
+            return cache
+        count = len(texts) if isinstance(texts, list) else None
+        if count is None or vectors.shape != (count, dim):
+            logger.warning(
+                "item cache in %s has vectors of shape %s for %s texts: ignored", folder, vectors.shape, count
+            )
             return cache
         cache.add(texts, vectors)
         return cache

@@ -255,7 +255,7 @@ def test_rerun_with_nothing_changed_writes_nothing(applied_repo, model_dir, inst
     assert "nothing to do" in again.describe()
 
 
-def test_changed_variant_recomputes_and_a_model_that_fails_to_load_keeps_the_rows(
+def test_changed_variant_is_not_up_to_date_and_a_model_that_fails_to_load_keeps_the_rows(
     applied_repo, store, model_dir, embedder, instructions_file, materialized, users, monkeypatch
 ) -> None:
     offline_copy = _offline_copy_dir(store) / "fund"
