@@ -110,10 +110,23 @@ class Embedder(ABC):
         return out
 
     def embed_behaviour(self, users: list[UserBehaviour], instructions: list[str]) -> np.ndarray:
-        """Embed one batch of already featurized users (no row may be empty)."""
+        """Embed one batch of already featurized users (no row may be empty).
+
+        A non-finite output row (a numeric overflow in the graph, e.g. under a reduced-precision engine) stays
+        NaN, as an unknown user's would, and is logged as an error so it cannot pass for one.
+        """
         inputs = self.builder.build(users, instructions)
         vectors = self._run_user_graph(inputs.graph_inputs(self.item_vectors(inputs.item_texts)))
         vectors = np.asarray(vectors, dtype=np.float32)
+        broken = ~np.isfinite(vectors).all(axis=1)
+        if broken.any():
+            logger.error(
+                "%d of %d users got a non-finite embedding from %s (a numeric overflow in the graph): NaN rows",
+                int(broken.sum()),
+                len(users),
+                type(self).__name__,
+            )
+            vectors[broken] = np.nan
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -158,6 +159,19 @@ def test_unknown_user_gets_nan_row_without_failing_others(embedder, rows, null):
     out = embedder.embed(pd.DataFrame(mixed) if null is not None else mixed, FUND)
     assert np.isnan(out[2]).all()
     np.testing.assert_allclose(out[:2], embedder.embed(select_rows(rows, [0, 1]), FUND), atol=2e-5)
+
+
+def test_a_graph_overflow_is_logged_not_passed_off_as_an_unknown_user(model, rows, caplog):
+    class OverflowingEmbedder(TorchEmbedder):  # a backend whose graph overflows for its first user
+        def _run_user_graph(self, arrays):
+            vectors = super()._run_user_graph(arrays)
+            vectors[0, 0] = np.inf
+            return vectors
+
+    with caplog.at_level(logging.ERROR):
+        out = OverflowingEmbedder(model).embed(select_rows(rows, [0]), FUND)
+    assert np.isnan(out).all()
+    assert "1 of 1 users got a non-finite embedding from OverflowingEmbedder" in caplog.text
 
 
 def test_non_finite_numbers_are_neutralized(embedder, rows):
