@@ -71,7 +71,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     resume: bool = False
 
-    @field_validator("steps", "batch_size", "checkpoint_every", "max_items_per_source")
+    @field_validator("steps", "batch_size", "families_per_batch", "checkpoint_every", "max_items_per_source")
     @classmethod
     def _positive(cls, value: int | None) -> int | None:
         if value is not None and value < 1:
@@ -127,6 +127,45 @@ def sample_batch(
     share = -(-batch_size // len(chosen))  # ceil
     parts = [rng.choice(by_family[names[c]], size=min(share, len(by_family[names[c]])), replace=False) for c in chosen]
     return np.concatenate(parts)[:batch_size]
+
+
+# What a resumed run may change: where things are, how long to go on, how often to checkpoint.
+RESUMABLE_CHANGES = {"data", "out", "userqa", "steps", "time_budget_minutes", "checkpoint_every", "resume"}
+
+
+def _run_settings(config: TrainConfig) -> dict[str, object]:
+    """The settings a resumed run must share with the run it continues."""
+    return config.model_dump(mode="json", exclude=RESUMABLE_CHANGES)
+
+
+def _check_resumable(state: dict, config: TrainConfig, model: InstructUEModel, checkpoint_path: Path) -> None:
+    """Refuse to resume a checkpoint of another run; say when a new `steps` restarts the LR schedule.
+
+    Raises:
+        ConfigError: other settings than `RESUMABLE_CHANGES`, or parameters that do not match this model.
+    """
+    saved = state.get("settings")
+    if saved is not None:
+        changed = {k: (saved.get(k), v) for k, v in _run_settings(config).items() if saved.get(k) != v}
+        if changed:
+            details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ConfigError(f"{checkpoint_path} was written by a run with other settings ({details})")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state["trainable"]) != trainable:
+        raise ConfigError(f"{checkpoint_path} holds other trainable parameters than this model (another preset?)")
+    if state.get("steps") not in (None, config.steps):
+        step = state["step"]
+        before = lr_factor(step - 1, warmup=config.warmup_steps, total=state["steps"])
+        after = lr_factor(step, warmup=config.warmup_steps, total=config.steps)
+        logger.warning(
+            "--steps %d instead of %d: the cosine schedule restarts over the new length; the learning rate "
+            "goes from %.2f to %.2f of its peak at step %d (a warm restart)",
+            config.steps,
+            state["steps"],
+            before,
+            after,
+            step,
+        )
 
 
 def lr_factor(step: int, *, warmup: int, total: int) -> float:
@@ -193,6 +232,9 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if torch.cuda.is_available() else "no",
         kwargs_handlers=[ddp],
+        # Each process draws its own batch and steps the schedule once per step: by default accelerate would
+        # step it once per process, running warm-up and decay N times too fast on N GPUs.
+        step_scheduler_with_optimizer=False,
     )
 
     # ----- data -----
@@ -201,6 +243,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         triplets = build_userqa(config.data, seed=config.seed, progress=progress)
         if accelerator.is_main_process:
             write_userqa(triplets, userqa_path)
+    accelerator.wait_for_everyone()  # the other processes read the file the main one wrote
     triplets = pd.read_parquet(userqa_path)
     if triplets.empty:
         raise DataValidationError(f"{userqa_path} holds no UserQA triplets")
@@ -234,12 +277,16 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
     start_step, history = 0, []
     if config.resume:
         state = torch.load(checkpoint_path, weights_only=False)
+        _check_resumable(state, config, model, checkpoint_path)
         model.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         start_step, history = state["step"], state["history"]
         logger.info("resumed at step %d", start_step)
+    seconds_before = history[-1]["seconds"] if history else 0.0  # training time of the earlier runs
 
     def save_checkpoint(step: int) -> None:
         if not accelerator.is_main_process:
@@ -252,7 +299,10 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "history": history,
+            "settings": _run_settings(config),
+            "steps": config.steps,
         }
         torch.save(state, checkpoint_path.with_suffix(".tmp"))
         checkpoint_path.with_suffix(".tmp").replace(checkpoint_path)  # never a half-written checkpoint
@@ -299,7 +349,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         scheduler.step()
 
         record = {k: v.item() for k, v in losses.items()}
-        record.update(step=step + 1, lr=scheduler.get_last_lr()[0], seconds=time.monotonic() - started)
+        record.update(step=step + 1, lr=scheduler.get_last_lr()[0], seconds=seconds_before + time.monotonic() - started)
         history.append(record)
         return record
 

@@ -80,7 +80,26 @@ def test_resume_continues_exactly(small_data, small_userqa, tmp_path):
     losses_a = pd.read_csv(straight / "losses.csv")
     losses_b = pd.read_csv(resumed_dir / "losses.csv")
     assert losses_a["loss"].tolist() == losses_b["loss"].tolist()
+    assert losses_b["seconds"].is_monotonic_increasing, "training time adds up over the resumed run"
     assert (straight / "losses.png").exists()
+
+
+def test_resume_refuses_other_settings_and_warns_of_a_schedule_restart(small_data, small_userqa, tmp_path, caplog):
+    out = tmp_path / "run"
+    train(_config(small_data, small_userqa, out), progress=False)
+    with pytest.raises(ConfigError, match=r"other settings \(lr: 0\.001 -> 0\.01\)"):
+        train(_config(small_data, small_userqa, out, resume=True, lr=0.01), progress=False)
+    with caplog.at_level("WARNING", logger="training.trainer"):
+        train(_config(small_data, small_userqa, out, resume=True, steps=6), progress=False)
+    assert "--steps 6 instead of 4" in caplog.text and "warm restart" in caplog.text
+    assert pd.read_csv(out / "losses.csv")["step"].tolist() == [1, 2, 3, 4, 5, 6]
+
+    checkpoint = out / "checkpoint" / "trainer_state.pt"
+    state = torch.load(checkpoint, weights_only=False)
+    state["trainable"].popitem()  # as if written by a model with other parameters
+    torch.save(state, checkpoint)
+    with pytest.raises(ConfigError, match="other trainable parameters"):
+        train(_config(small_data, small_userqa, out, resume=True, steps=8), progress=False)
 
 
 def test_max_items_per_source_overrides_the_preset(small_data, small_userqa, tmp_path):
