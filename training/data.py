@@ -28,7 +28,15 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def _snapshot_tables(data_dir: Path) -> dict[str, Path]:
+def raw_files(raw_dir: Path, source: str) -> list[Path]:
+    """The parquet files of one source's raw log: `<raw_dir>/<source>/**/*.parquet` and `<raw_dir>/<source>.parquet`."""
+    folder = raw_dir / source
+    files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
+    single = raw_dir / f"{source}.parquet"
+    return files + ([single] if single.is_file() else [])
+
+
+def snapshot_tables(data_dir: Path) -> dict[str, Path]:
     """The snapshot table of each of the six sources, by source name (refused when one is missing)."""
     snapshots = _require(Path(data_dir) / SNAPSHOTS, "snapshots folder")
     names = [s.name for s in SEQUENCE_SOURCES] + [PROFILE.name]
@@ -46,7 +54,7 @@ def features_asof(data_dir: Path, entities: pd.DataFrame) -> pd.DataFrame:
     Returns the entity columns followed by every feature column of the six sources (null where a user has
     no snapshot at or before the time).
     """
-    tables = _snapshot_tables(data_dir)
+    tables = snapshot_tables(data_dir)
     frame = entities[[ENTITY_KEY, TIMESTAMP_COLUMN]].copy()
     frame[TIMESTAMP_COLUMN] = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
     frame["_row"] = range(len(frame))
@@ -72,15 +80,23 @@ def features_asof(data_dir: Path, entities: pd.DataFrame) -> pd.DataFrame:
 
 
 def raw_events(data_dir: Path, source: str, *, user_ids: list[int] | None = None) -> pd.DataFrame:
-    """Raw events of one sequence source (optionally only some users), sorted by user and time."""
-    folder = _require(Path(data_dir) / RAW / source, f"raw logs of {source!r}")
+    """Raw events of one sequence source (optionally only some users), sorted by user and time.
+
+    A source with no raw log gives an empty frame with the source's columns (`instructue snapshots` accepts
+    missing sources too).
+    """
+    files = raw_files(_require(Path(data_dir) / RAW, "raw logs folder"), source)
+    if not files:
+        spec = next(s for s in SEQUENCE_SOURCES if s.name == source)
+        columns = {ENTITY_KEY: pd.Series(dtype="int64"), TIMESTAMP_COLUMN: pd.Series(dtype="datetime64[us, UTC]")}
+        return pd.DataFrame(columns | {f.name: pd.Series(dtype=object) for f in spec.fields})
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     where = ""
     if user_ids is not None:
         con.register("wanted", pd.DataFrame({ENTITY_KEY: list(user_ids)}))
         where = f"WHERE {ENTITY_KEY} IN (SELECT {ENTITY_KEY} FROM wanted)"
-    query = f"SELECT * FROM read_parquet('{folder}/*.parquet') {where} ORDER BY {ENTITY_KEY}, {TIMESTAMP_COLUMN}"
+    query = f"SELECT * FROM read_parquet({_sql_list(files)}) {where} ORDER BY {ENTITY_KEY}, {TIMESTAMP_COLUMN}"
     events = con.execute(query).df()
     con.close()
     return events
@@ -88,16 +104,35 @@ def raw_events(data_dir: Path, source: str, *, user_ids: list[int] | None = None
 
 def last_event_time(data_dir: Path) -> pd.Timestamp:
     """Time of the newest raw event over the five sequence sources."""
+    raw = _require(Path(data_dir) / RAW, "raw logs folder")
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    newest = []
-    for source in SEQUENCE_SOURCES:
-        folder = _require(Path(data_dir) / RAW / source.name, f"raw logs of {source.name!r}")
-        newest.append(
-            con.execute(f"SELECT max({TIMESTAMP_COLUMN}) FROM read_parquet('{folder}/*.parquet')").fetchone()[0]
-        )
+    newest = [
+        con.execute(f"SELECT max({TIMESTAMP_COLUMN}) FROM read_parquet({_sql_list(files)})").fetchone()[0]
+        for files in (raw_files(raw, source.name) for source in SEQUENCE_SOURCES)
+        if files
+    ]
     con.close()
+    if not any(t is not None for t in newest):
+        raise DataValidationError(f"no raw event of any source under {raw}")
     return pd.Timestamp(max(t for t in newest if t is not None)).tz_convert("UTC")
+
+
+def snapshot_times(data_dir: Path) -> list[pd.Timestamp]:
+    """Every distinct snapshot time over the six snapshot tables, in order."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    union = " UNION ".join(
+        f"SELECT DISTINCT {TIMESTAMP_COLUMN} AS t FROM read_parquet('{path}')"
+        for path in snapshot_tables(data_dir).values()
+    )
+    times = con.execute(f"SELECT t FROM ({union}) ORDER BY t").df()["t"]
+    con.close()
+    return list(pd.to_datetime(times, utc=True))
+
+
+def _sql_list(files: list[Path]) -> str:
+    return "[" + ", ".join(f"'{f}'" for f in files) + "]"
 
 
 def latest_features_sample(data_dir: Path, users: int, *, seed: int = 0) -> pd.DataFrame:
@@ -105,7 +140,7 @@ def latest_features_sample(data_dir: Path, users: int, *, seed: int = 0) -> pd.D
 
     Rows of real users for calibrating and checking an export (`instructue export --calibration-data`).
     """
-    tables = [str(path) for path in _snapshot_tables(data_dir).values()]
+    tables = [str(path) for path in snapshot_tables(data_dir).values()]
     con = duckdb.connect()
     ids = con.execute(f"SELECT DISTINCT {ENTITY_KEY} FROM read_parquet({tables}) ORDER BY 1").df()[ENTITY_KEY]
     con.close()

@@ -64,6 +64,8 @@ from instructue_plugin.schema import (
     SequenceSource,
 )
 
+from .data import raw_files
+
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_DIR = SNAPSHOTS_FOLDER
@@ -386,13 +388,6 @@ def _normalize(table: str, path: Path, batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
-def _files(raw_dir: Path, name: str) -> list[Path]:
-    folder = raw_dir / name
-    files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
-    single = raw_dir / f"{name}.parquet"
-    return files + ([single] if single.is_file() else [])
-
-
 def parse_every(every: str) -> int:
     """Seconds in a period like `7d`, `12h`, `1w`.
 
@@ -513,10 +508,12 @@ def build_snapshots(
     if chunk_rows <= 0:
         raise ConfigError(f"chunk_rows must be positive, got {chunk_rows}")
     every_s = parse_every(every)
-    if not any(_files(raw_dir, n) for n in SOURCE_NAMES) and any(_files(raw_dir / "raw", n) for n in SOURCE_NAMES):
+    if not any(raw_files(raw_dir, n) for n in SOURCE_NAMES) and any(
+        raw_files(raw_dir / "raw", n) for n in SOURCE_NAMES
+    ):
         logger.info("reading raw logs from %s (the raw/ folder inside %s)", raw_dir / "raw", raw_dir)
         raw_dir = raw_dir / "raw"
-    files = {name: _files(raw_dir, name) for name in SOURCE_NAMES}
+    files = {name: raw_files(raw_dir, name) for name in SOURCE_NAMES}
     if not any(files.values()):
         raise DataValidationError(
             f"no raw event logs under {raw_dir}: expected <source>/part-*.parquet for sources "

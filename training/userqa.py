@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from instructue_plugin.errors import DataValidationError
 from instructue_plugin.schema import ENTITY_KEY, PROFILE, SEQUENCE_SOURCES, TIMESTAMP_COLUMN
 
-from .data import SNAPSHOTS, features_asof, last_event_time, raw_events, read_labels
+from .data import features_asof, last_event_time, raw_events, read_labels, snapshot_tables, snapshot_times
 from .instructions import FAMILIES, GENERAL_FAMILY, HELD_OUT_FAMILIES
 
 logger = logging.getLogger(__name__)
@@ -232,14 +232,9 @@ def train_users(data_dir: Path) -> list[int]:
 
 
 def cutoff_candidates(data_dir: Path) -> list[pd.Timestamp]:
-    """Snapshot times followed by a full 30-day window inside the raw logs."""
-    times = pd.read_parquet(Path(data_dir) / SNAPSHOTS / "bill.parquet", columns=[TIMESTAMP_COLUMN])
+    """Snapshot times (of any source) followed by a full 30-day window inside the raw logs."""
     last_event = last_event_time(data_dir)
-    candidates = sorted(
-        t
-        for t in pd.to_datetime(times[TIMESTAMP_COLUMN].unique(), utc=True)
-        if t + FUTURE_WINDOW <= last_event + timedelta(days=1)
-    )
+    candidates = [t for t in snapshot_times(data_dir) if t + FUTURE_WINDOW <= last_event + timedelta(days=1)]
     if not candidates:
         raise DataValidationError(f"{data_dir}: no snapshot time has a full 30-day future window in the raw logs")
     return candidates
@@ -247,9 +242,7 @@ def cutoff_candidates(data_dir: Path) -> list[pd.Timestamp]:
 
 def user_cutoffs(data_dir: Path, users: list[int], candidates: list[pd.Timestamp]) -> dict[int, list[pd.Timestamp]]:
     """Per user, the `candidates` (in their order) at which the user has a snapshot row in some source."""
-    snapshots = Path(data_dir) / SNAPSHOTS
-    names = [s.name for s in SEQUENCE_SOURCES] + [PROFILE.name]
-    tables = [path for path in (snapshots / f"{name}.parquet" for name in names) if path.exists()]
+    tables = snapshot_tables(data_dir).values()
     union = " UNION ".join(
         f"SELECT {ENTITY_KEY}, epoch_us({TIMESTAMP_COLUMN}) AS us FROM read_parquet('{t}')" for t in tables
     )

@@ -1,0 +1,34 @@
+"""UserQA reading a data folder: cut-offs from any source, raw logs in the layouts `instructue snapshots` reads."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+
+from training.data import raw_events
+from training.userqa import build_userqa, cutoff_candidates
+
+
+def test_cutoffs_do_not_depend_on_the_bill_source(small_data, tmp_path):
+    data = shutil.copytree(small_data, tmp_path / "data")
+    expected = cutoff_candidates(data)
+    bill = data / "snapshots" / "bill.parquet"
+    pd.read_parquet(bill).iloc[0:0].to_parquet(bill)  # a deployment without payments
+    assert cutoff_candidates(data) == expected
+
+
+def test_raw_logs_as_single_files_or_missing_sources(small_data, tmp_path):
+    data = shutil.copytree(small_data, tmp_path / "data")
+    search = raw_events(data, "search")
+    folder = data / "raw" / "search"
+    merged = pd.concat([pd.read_parquet(f) for f in sorted(folder.glob("*.parquet"))])
+    shutil.rmtree(folder)
+    merged.to_parquet(data / "raw" / "search.parquet")  # raw/<source>.parquet instead of raw/<source>/
+    pd.testing.assert_frame_equal(raw_events(data, "search"), search)
+
+    shutil.rmtree(data / "raw" / "app")  # a source this deployment does not log
+    app = raw_events(data, "app")
+    assert app.empty and {"user_id", "event_timestamp"} <= set(app.columns)
+    triplets = build_userqa(data, seed=0, progress=False)
+    assert len(triplets) > 0 and triplets["answer"].str.len().min() > 0
