@@ -8,6 +8,7 @@ Documented fallbacks (each logged once per process):
 - a source whose columns are all absent from the input is treated as missing for every row;
 - a null list or an empty list means the user has no items in that source: the source is omitted;
 - a numeric value that is null, NaN or infinite becomes the neutral value 0 (profile: the missing flag is set);
+- an item whose timestamp is NaN or infinite counts as the oldest of its source (order and recency);
 - a categorical profile value outside the schema's categories goes to the "other/unknown" slot.
 Errors (`DataValidationError`): some but not all columns of a source present, list columns of one source
 with different lengths in a row, values that cannot be read as numbers.
@@ -200,7 +201,10 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
                 usable = np.isfinite(raw_values)
                 nonfinite += int((~usable).sum())
                 numeric[:, j] = np.where(usable, _scale(np.where(usable, raw_values, 0.0), spec), 0.0)
-            age_days = np.where(finite[order], (newest[row] - ts[order]) / 86400.0, 0.0)
+            age_days = (newest[row] - ts[order]) / 86400.0
+            timed = finite[order]
+            # An untimed item sorts as the oldest of its source, so it gets that oldest timed item's age.
+            age_days = np.where(timed, age_days, age_days[timed].max() if timed.any() else 0.0)
             numeric[:, RECENCY_SLOT] = np.log1p(np.maximum(age_days, 0.0)) / RECENCY_SCALE
             summary = numeric.mean(axis=0)
             summary[COUNT_SLOT] = math.log1p(len(order)) / math.log1p(source.max_items)
