@@ -300,7 +300,9 @@ def evaluate(
 @_friendly_errors
 def bench_synth(
     users: Annotated[int, typer.Option(help="Users to generate.")] = 1_000_000,
-    out: Annotated[Path | None, typer.Option(help="Keep the data here (default: a temporary folder).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Keep the data in this new folder (default: a temporary folder).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Generator throughput and peak memory -> reports/bench-synth.json."""

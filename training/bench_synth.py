@@ -76,7 +76,8 @@ def run(
 
     Args:
         users: users to generate.
-        out_dir: where to write the data (kept); None writes to a temporary folder removed afterwards.
+        out_dir: a new folder to write the data into (kept; an existing data folder is refused); None writes
+            to a temporary folder removed afterwards.
         seed: generator seed.
         report_path: the JSON report to write (e.g. `reports/bench-synth.json`).
         noise_rate, chunk_size, progress: passed to `training.synth.generate`.
@@ -94,7 +95,7 @@ def run(
                 seed=seed,
                 noise_rate=noise_rate,
                 chunk_size=chunk_size,
-                overwrite=not temporary,
+                overwrite=False,  # a folder given by the user that holds data is refused, not replaced
                 progress=progress,
             )
         disk = _disk_bytes(target)
