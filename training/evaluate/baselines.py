@@ -41,7 +41,11 @@ def _item_tokens(user: UserBehaviour) -> list[str]:
 
 
 def bag_of_items_matrix(users: list[UserBehaviour]) -> sparse.csr_matrix:
-    """(n, vocabulary) TF-IDF of item tokens (sublinear term frequency, items seen by >= 2 users)."""
+    """(n, vocabulary) TF-IDF of item tokens (sublinear term frequency, items seen by >= 2 users).
+
+    Fitted on all the evaluation users' items, test folds included (no labels): unsupervised, like every
+    method's embedding of all of them before the probes run.
+    """
     vectorizer = TfidfVectorizer(analyzer=_item_tokens, min_df=2, sublinear_tf=True)
     return vectorizer.fit_transform(users).tocsr()
 
