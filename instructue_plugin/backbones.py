@@ -172,6 +172,13 @@ def load_item_encoder(config: ModelConfig) -> tuple[Any, Tokenizer]:
     return BertModel.from_pretrained(folder, add_pooling_layer=False).eval(), tokenizer
 
 
+def ready_item_tokenizer(tokenizer: Tokenizer, config: ModelConfig) -> Tokenizer:
+    """The item tokenizer as both backends run it: cut to `max_item_tokens`, padded with [PAD] (id 0)."""
+    tokenizer.enable_truncation(config.max_item_tokens)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    return tokenizer
+
+
 def tiny_item_encoder_config(vocab_size: int) -> dict[str, Any]:
     """The config of the `tiny` random-init BERT item encoder."""
     return {

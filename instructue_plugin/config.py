@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, CorruptModelError
 from .schema import SEQUENCE_SOURCES
 
 # Special tokens added to the LLM tokenizer: the read-out token, the soft-token placeholder, source delimiters.
@@ -111,3 +111,18 @@ def config_for_preset(preset: str, **overrides: Any) -> ModelConfig:
         return ModelConfig(**values)
     except ValueError as error:
         raise ConfigError(f"invalid model configuration for preset {preset!r}: {error}") from error
+
+
+def saved_model_config(values: Any, *, source: Any) -> ModelConfig:
+    """The `ModelConfig` stored in a model folder's config or an export's manifest (`source`, for the message).
+
+    Raises:
+        CorruptModelError: the stored values are not a valid config (damaged, or written by another version).
+    """
+    try:
+        return ModelConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise CorruptModelError(
+            f"{source} holds an invalid model configuration (damaged, or written by another version of "
+            f"instructue-feast?): {error}"
+        ) from error

@@ -46,6 +46,9 @@ def normalize_instructions(instruction: str | Sequence[str | None] | None, rows:
 class Embedder(ABC):
     """Embeds Feast feature rows under an instruction; shared by every backend."""
 
+    # Most users per graph call (None: no limit); larger batches run in parts, each with its own item table.
+    max_users_per_run: int | None = None
+
     def __init__(self, config: ModelConfig, builder: SequenceBuilder, item_cache: ItemVectorCache) -> None:
         self.config = config
         self.builder = builder
@@ -115,6 +118,14 @@ class Embedder(ABC):
         A non-finite output row (a numeric overflow in the graph, e.g. under a reduced-precision engine) stays
         NaN, as an unknown user's would, and is logged as an error so it cannot pass for one.
         """
+        limit = self.max_users_per_run
+        if limit is not None and len(users) > limit:
+            return np.concatenate(
+                [
+                    self.embed_behaviour(users[s : s + limit], instructions[s : s + limit])
+                    for s in range(0, len(users), limit)
+                ]
+            )
         inputs = self.builder.build(users, instructions)
         vectors = self._run_user_graph(inputs.graph_inputs(self.item_vectors(inputs.item_texts)))
         vectors = np.asarray(vectors, dtype=np.float32)

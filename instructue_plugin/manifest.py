@@ -39,7 +39,6 @@ ITEM_TOKENIZER_FILE = "item_tokenizer.json"
 # Graph outputs. Never `embedding`: that name collides with `aten.embedding` in the exporter (invalid model).
 USER_OUTPUT = "user_embedding"
 ITEM_OUTPUT = "item_vector"
-ITEM_INPUT_NAMES = ("input_ids", "attention_mask")
 
 # Variant name -> (manifest graph key, file).
 VARIANTS: dict[str, tuple[str, str]] = {
@@ -79,12 +78,11 @@ def write_manifest(folder: Path, payload: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def read_manifest(folder: Path, *, verify_files: bool = True) -> dict[str, Any]:
-    """Read and check an export folder's manifest.
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """Read and check an export folder's manifest and the sha256 of every file it lists.
 
     Args:
         folder: the export folder.
-        verify_files: also check the sha256 of every file the manifest lists.
 
     Returns:
         The manifest payload.
@@ -119,15 +117,14 @@ def read_manifest(folder: Path, *, verify_files: bool = True) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or USER_GRAPH_FILE not in files or ITEM_GRAPH_FILE not in files:
         raise CorruptModelError(f"{path} lists no graph files; {hint}")
-    if verify_files:
-        for name, expected in files.items():
-            file = folder / name
-            if not file.is_file():
-                raise CorruptModelError(f"{file} is listed in {MANIFEST_FILE} but missing; {hint}")
-            actual = sha256_file(file)
-            if actual != expected:
-                raise CorruptModelError(
-                    f"{file} was changed or damaged after export (sha256 {actual[:12]}… but the manifest "
-                    f"records {expected[:12]}…); {hint}"
-                )
+    for name, expected in files.items():
+        file = folder / name
+        if not file.is_file():
+            raise CorruptModelError(f"{file} is listed in {MANIFEST_FILE} but missing; {hint}")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise CorruptModelError(
+                f"{file} was changed or damaged after export (sha256 {actual[:12]}… but the manifest "
+                f"records {expected[:12]}…); {hint}"
+            )
     return manifest

@@ -29,8 +29,9 @@ from .backbones import (
     load_item_encoder,
     load_llm_tokenizer,
     load_pretrained_llm,
+    ready_item_tokenizer,
 )
-from .config import ModelConfig, special_tokens
+from .config import ModelConfig, saved_model_config, special_tokens
 from .errors import CorruptModelError, ModelNotFoundError, SchemaMismatchError
 from .item_cache import ItemVectorCache
 from .schema import ITEM_NUMERIC_WIDTH, PROFILE, SCHEMA_HASH, SEQUENCE_SOURCES
@@ -97,8 +98,7 @@ class InstructUEModel(nn.Module):
         self.llm.get_base_model().get_decoder().norm.requires_grad_(True)
         self.item_encoder = ItemEncoder(item_bert)
         self.item_encoder.requires_grad_(False)
-        item_tokenizer.enable_truncation(config.max_item_tokens)
-        item_tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        ready_item_tokenizer(item_tokenizer, config)
 
         torch.manual_seed(config.seed)
         base_embeddings = self.llm.get_input_embeddings().weight.detach()
@@ -391,7 +391,7 @@ class InstructUEModel(nn.Module):
 
         folder = Path(folder)
         payload = read_model_config(folder)
-        config = ModelConfig(**payload["model"])
+        config = saved_model_config(payload.get("model"), source=folder / CONFIG_FILE)
         try:
             llm_tokenizer = Tokenizer.from_file(str(folder / LLM_TOKENIZER_FILE))
             item_tokenizer = Tokenizer.from_file(str(folder / ITEM_TOKENIZER_FILE))

@@ -1,10 +1,12 @@
 """Embed users with onnxruntime from an export folder (see `manifest.py`); imports neither torch nor transformers.
 
 `OnnxEmbedder.from_export(folder)` verifies the manifest (schema hash, every file's sha256), then opens one
-onnxruntime session per graph per process (shared by every embedder of that export). Providers, by preference:
+onnxruntime session per graph per process (shared by the embedders of that export while any holds it).
+Providers, by preference:
 
-1. TensorRT, fp16, with engine and timing caches in a folder next to the export and one optimization profile
-   (min/opt/max batch, sequence and item-table sizes taken from the model config);
+1. TensorRT, fp16, with engine and timing caches next to the export (a folder per graph digest) and one
+   optimization profile (min/opt/max batch, sequence and item-table sizes taken from the model config; larger
+   batches run in parts);
 2. CUDA;
 3. CPU (intra-op threads = the CPUs this process may use, all graph optimizations).
 
@@ -13,7 +15,7 @@ asks the NVIDIA driver whether a GPU is visible, and the embedder reports the pr
 got (`session.get_providers()`). Without a GPU it runs on CPU and logs one warning saying why.
 
 Thread safety: onnxruntime sessions may be `run` from several threads at once; the item-vector cache is locked;
-the session table is guarded by a lock.
+the session table is guarded by a lock, and each session is built once.
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ import io
 import logging
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from .config import ModelConfig
+from .backbones import ready_item_tokenizer
+from .config import ModelConfig, saved_model_config
 from .embedder import Embedder
 from .errors import ConfigError
 from .item_cache import ItemVectorCache
@@ -41,6 +45,7 @@ from .manifest import (
     ITEM_OUTPUT,
     ITEM_TOKENIZER_FILE,
     LLM_TOKENIZER_FILE,
+    MANIFEST_FILE,
     USER_OUTPUT,
     VARIANTS,
     read_manifest,
@@ -55,7 +60,7 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 GPU_PROVIDERS = (TENSORRT, CUDA)
 
-# Largest batches a TensorRT optimization profile covers; larger calls are split (every provider, for simplicity).
+# Largest batches a TensorRT optimization profile covers; larger calls run in parts (every provider, for simplicity).
 MAX_USERS_PER_RUN = 128
 MAX_ITEMS_PER_RUN = 1024
 
@@ -194,8 +199,10 @@ def cpu_session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), session_options(), providers=[CPU])
 
 
-_SESSIONS: dict[tuple[str, str, str], ort.InferenceSession] = {}
+# Sessions live as long as an embedder holds them (a re-exported model's old sessions are not kept forever).
+_SESSIONS: weakref.WeakValueDictionary[tuple[str, str, str], ort.InferenceSession] = weakref.WeakValueDictionary()
 _SESSIONS_LOCK = threading.Lock()
+_BUILD_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}  # one per session being built
 
 
 def clear_session_cache() -> None:
@@ -205,15 +212,27 @@ def clear_session_cache() -> None:
 
 
 def _session(path: Path, digest: str, providers: list[ProviderSpec]) -> tuple[ort.InferenceSession, bool]:
-    """The process-wide session of one graph file and provider plan; (session, whether it was just created)."""
+    """The process-wide session of one graph file and provider plan; (session, whether it was just created).
+
+    Threads asking for the same session wait for one build; other sessions (a TensorRT engine build takes
+    minutes) do not wait for it.
+    """
     key = (str(path.resolve()), digest, repr(providers))
     with _SESSIONS_LOCK:
         session = _SESSIONS.get(key)
         if session is not None:
             return session, False
+        build_lock = _BUILD_LOCKS.setdefault(key, threading.Lock())
+    with build_lock:
+        with _SESSIONS_LOCK:
+            session = _SESSIONS.get(key)
+        if session is not None:  # built by the thread this one waited for
+            return session, False
         session = ort.InferenceSession(str(path), session_options(), providers=providers)
-        _SESSIONS[key] = session
-        return session, True
+        with _SESSIONS_LOCK:
+            _SESSIONS[key] = session
+            _BUILD_LOCKS.pop(key, None)
+    return session, True
 
 
 def provider_plan(requested: list[ProviderSpec] | None, *, variant: str) -> tuple[list[ProviderSpec], str | None]:
@@ -290,6 +309,8 @@ def graph_trt_cache_dir(base: Path, digest: str) -> Path:
 class OnnxEmbedder(Embedder):
     """Embeds with the exported ONNX graphs through onnxruntime (see the module docstring)."""
 
+    max_users_per_run = MAX_USERS_PER_RUN  # the TensorRT profile's largest batch and item table
+
     def __init__(
         self,
         *,
@@ -347,11 +368,9 @@ class OnnxEmbedder(Embedder):
         graph_key, graph_file = VARIANTS[variant]
         if graph_file not in manifest["files"]:
             raise ConfigError(f"{folder} has no {variant} graph; export it with `instructue export --int8`")
-        config = ModelConfig(**manifest["model"])
+        config = saved_model_config(manifest.get("model"), source=folder / MANIFEST_FILE)
         llm_tokenizer = Tokenizer.from_file(str(folder / LLM_TOKENIZER_FILE))
-        item_tokenizer = Tokenizer.from_file(str(folder / ITEM_TOKENIZER_FILE))
-        item_tokenizer.enable_truncation(config.max_item_tokens)
-        item_tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        item_tokenizer = ready_item_tokenizer(Tokenizer.from_file(str(folder / ITEM_TOKENIZER_FILE)), config)
         builder = SequenceBuilder(llm_tokenizer, config)
         item_cache = ItemVectorCache.load(folder, dim=manifest["item_dim"])
 
@@ -413,17 +432,8 @@ class OnnxEmbedder(Embedder):
         return list(self._item_session.get_providers())
 
     def _run_user_graph(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        batch = len(arrays["user_position"])
-        if batch <= MAX_USERS_PER_RUN:
-            feed = {name: arrays[name] for name in self._user_inputs}
-            return self._user_session.run([USER_OUTPUT], feed)[0]
-        # Larger than the TensorRT profile: split along the batch (the item table stays whole).
-        parts = []
-        for start in range(0, batch, MAX_USERS_PER_RUN):
-            rows = slice(start, start + MAX_USERS_PER_RUN)
-            feed = {name: arrays[name] if name == "item_vectors" else arrays[name][rows] for name in self._user_inputs}
-            parts.append(self._user_session.run([USER_OUTPUT], feed)[0])
-        return np.concatenate(parts)
+        feed = {name: arrays[name] for name in self._user_inputs}
+        return self._user_session.run([USER_OUTPUT], feed)[0]
 
     def _encode_items(self, texts: list[str]) -> np.ndarray:
         vectors = []

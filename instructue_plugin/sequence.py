@@ -107,7 +107,7 @@ class SequenceBuilder:
         self.suffix = self._encode(PROMPT_SUFFIX)
         self.answer_end = self._encode(ANSWER_END)
         self.pad_id = self.answer_end[-1]
-        self._warned_truncation = False
+        self._warned_truncation: set[str] = set()  # what (instructions, answers) was logged as cut
 
     def _token_id(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -119,10 +119,10 @@ class SequenceBuilder:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_texts(self, texts: list[str], *, limit: int, what: str) -> list[list[int]]:
-        """Tokenize texts, cutting each to `limit` tokens (logged once per builder)."""
+        """Tokenize texts, cutting each to `limit` tokens (logged once per builder and kind of text, `what`)."""
         encoded = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
-        if any(len(ids) > limit for ids in encoded) and not self._warned_truncation:
-            self._warned_truncation = True
+        if any(len(ids) > limit for ids in encoded) and what not in self._warned_truncation:
+            self._warned_truncation.add(what)
             logger.warning("%s longer than %d tokens cut to %d tokens (the beginning is kept)", what, limit, limit)
         return [ids[:limit] for ids in encoded]
 

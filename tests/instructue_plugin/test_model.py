@@ -148,6 +148,12 @@ def test_loading_refuses_other_schema_and_damaged_folders(model, tmp_path):
     (folder / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CorruptModelError, match="model.safetensors"):
         InstructUEModel.from_pretrained(folder)
+    model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["max_items_per_source"] = "many"  # hand-edited, or written by another version
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CorruptModelError, match="invalid model configuration"):
+        InstructUEModel.from_pretrained(folder)
     with pytest.raises(ModelNotFoundError, match="INSTRUCTUE_MODEL"):
         instructue_plugin.load(tmp_path / "nowhere")
 
@@ -181,6 +187,19 @@ def test_non_finite_numbers_are_neutralized(embedder, rows):
     broken["profile_age"][0] = math.nan
     out = embedder.embed(broken, FUND)
     assert np.isfinite(out).all()
+
+
+def test_an_untimed_item_counts_as_the_oldest_of_its_source(rows):
+    from instructue_plugin.featurize import RECENCY_SLOT
+
+    broken = {name: [list(v) if isinstance(v, list) else v for v in values] for name, values in rows.items()}
+    assert len(broken["bill_ts"][0]) >= 3
+    broken["bill_ts"][0][-1] = math.nan  # the newest bill item loses its time
+    before = featurize(select_rows(rows, [0]), max_items_per_source=64)[0].sources["bill"]
+    after = featurize(select_rows(broken, [0]), max_items_per_source=64)[0].sources["bill"]
+    assert after.texts == [before.texts[-1], *before.texts[:-1]]
+    recency = after.numeric[:, RECENCY_SLOT]
+    assert recency[0] == recency[1:].max() > 0
 
 
 def test_bad_rows_raise_clear_errors(embedder, rows):

@@ -199,6 +199,15 @@ def test_other_schema_hash_is_refused(export_dir, tmp_path):
         instructue_plugin.load(copy)
 
 
+def test_invalid_model_configuration_in_the_manifest_is_refused(export_dir, tmp_path):
+    copy = shutil.copytree(export_dir, tmp_path / "export")
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["model"]["an_option_of_a_later_version"] = True
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(CorruptModelError, match="invalid model configuration"):
+        instructue_plugin.load(copy)
+
+
 @pytest.mark.skipif(gpu_status()[0], reason="this machine has a GPU")
 def test_without_gpu_sessions_run_on_cpu_and_one_warning_says_why(export_dir, caplog):
     clear_session_cache()
@@ -211,10 +220,41 @@ def test_without_gpu_sessions_run_on_cpu_and_one_warning_says_why(export_dir, ca
     assert "CPU only" in warnings[0].getMessage() and "NVIDIA" in warnings[0].getMessage()
 
 
-def test_sessions_are_shared_per_export(export_dir):
+def test_sessions_are_shared_per_export_while_held_and_released_after(export_dir):
+    import gc
+
+    from instructue_plugin import onnx_runtime
+
+    clear_session_cache()
     first = OnnxEmbedder.from_export(export_dir, providers=["CPUExecutionProvider"])
     second = OnnxEmbedder.from_export(export_dir, providers=["CPUExecutionProvider"])
     assert first._user_session is second._user_session and first._item_session is second._item_session
+    assert len(onnx_runtime._SESSIONS) == 2
+    del first, second
+    gc.collect()
+    assert len(onnx_runtime._SESSIONS) == 0, "sessions no embedder holds are not kept"
+
+
+def test_batches_beyond_the_tensorrt_profile_run_in_parts_with_their_own_item_tables(export_dir, monkeypatch):
+    from instructue_plugin.onnx_runtime import MAX_USERS_PER_RUN, user_graph_shapes
+
+    many = feature_rows(MAX_USERS_PER_RUN + 40, seed=4)
+    embedder = OnnxEmbedder.from_export(export_dir, providers=["CPUExecutionProvider"])
+    limits = user_graph_shapes(
+        embedder.config, embedder.builder, item_dim=embedder.item_cache.dim, max_users=MAX_USERS_PER_RUN
+    )
+    seen: list[tuple[int, int]] = []
+    run = embedder._run_user_graph
+
+    def recording(arrays):
+        seen.append((len(arrays["user_position"]), len(arrays["item_vectors"])))
+        return run(arrays)
+
+    monkeypatch.setattr(embedder, "_run_user_graph", recording)
+    whole = embedder.embed(many, FUND, batch_size=512)
+    assert [users for users, _ in seen] == [MAX_USERS_PER_RUN, 40]
+    assert all(items <= limits["item_vectors"][2][0] for _, items in seen)
+    np.testing.assert_allclose(whole, embedder.embed(many, FUND, batch_size=32), atol=1e-5)
 
 
 def test_concurrent_embed_calls_match_serial_calls(onnx_embedder, rows):
