@@ -25,13 +25,13 @@ from instructue_plugin.schema import ENTITY_KEY, TIMESTAMP_COLUMN
 
 from ..data import features_asof, read_labels
 from ..instructions import task_instructions
+from ..synth.generator import BINARY_TASKS
 from .baselines import bag_of_items_matrix, behaviours, mean_item_matrix, profile_matrix, zero_shot_llm_matrix
 from .metrics import binary_probe, ks_statistic, ranking_probe, recall_at_k
 
 logger = logging.getLogger(__name__)
 
-BINARY_TASKS = ("fund_purchase", "churn", "travel_coupon", "insurance_interest")
-RANKING_TASKS = {"next_category": 3, "next_miniprogram": 10}
+RANKING_TASKS = {"next_category": 3, "next_miniprogram": 10}  # the generator's ranking tasks -> K of Recall@K
 TASKS = (*BINARY_TASKS, *RANKING_TASKS)
 BASELINES = ("profile_lr", "bag_of_items", "mean_item", "zero_shot_llm")
 INSTRUCTED, UNSEEN, GENERAL = "instructue_instructed", "instructue_instructed_unseen", "instructue_general"

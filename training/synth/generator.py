@@ -82,6 +82,7 @@ from training.synth.catalog import (
     CHANNEL_PROBS,
     CHANNELS,
     DWELL_MEDIAN_S,
+    HABITUAL_CATEGORIES,
     MINIPROGRAM_CATALOG,
     PRIMARY,
 )
@@ -121,7 +122,7 @@ SOURCE_MODELS: dict[str, SourceModel] = {
     "search": SourceModel(0.06, 0.20, {"travel": 1.5, "shopping": 1.3, "education": 1.2, "insurance": 0.8}),
 }
 HABIT_MIX = np.zeros(_C)
-HABIT_MIX[[_CI["food"], _CI["transport"]]] = (0.6, 0.4)
+HABIT_MIX[[_CI[name] for name in HABITUAL_CATEGORIES]] = (0.6, 0.4)
 
 # --- latent traits ----------------------------------------------------------------------------------------
 LIFE_STAGES = ("student", "young_adult", "family", "midlife", "senior")
