@@ -153,7 +153,8 @@ def run_demo(
         echo(f"   user {row['user_id']:>5} {row['instruction_id']:<8} {shown} ...")
 
     cutoff = pd.Timestamp(labels["cutoff"].iloc[0])
-    pool = held_out["user_id"].astype(int).head(600).tolist()
+    others = [u for u in held_out["user_id"].astype(int) if u not in chosen]
+    pool = chosen + others[: 600 - len(chosen)]  # the two users and their neighbours' candidates
     features = features_asof(paths.data, pd.DataFrame({"user_id": pool, "event_timestamp": [cutoff] * len(pool)}))
     embedder = OnnxEmbedder.from_export(paths.export)
     describe = {int(u): _describe(r) for u, (_, r) in zip(pool, features.iterrows(), strict=True)}
