@@ -212,8 +212,9 @@ def bench_preset(
             entry = _bench_batch(embedders, llm_config, batch, gemm, min_seconds, cycles, seed)
             result["batches"][str(batch)] = entry
         say(f"{preset}, batch {max(batches)}: operator profiles")
+        largest = _batch_arrays(embedders["onnxruntime_fp32"], _batch_rows(max(batches), seed))
         result["batches"][str(max(batches))]["operator_shares"] = operator_shares(
-            embedders["pytorch_eager"], export / USER_GRAPH_FILE, _batch_arrays(embedders, max(batches), seed)
+            embedders["pytorch_eager"], export / USER_GRAPH_FILE, largest
         )
         del embedders, model
         clear_session_cache()
@@ -235,10 +236,8 @@ def _bench_batch(
     call-by-call alternation, because torch's OpenMP and onnxruntime's threads keep spinning for a while after a
     call and would slow whichever backend runs next.
     """
-    from instructue_plugin.example_inputs import example_feature_rows
-
-    rows = example_feature_rows(batch, seed=seed + batch)
-    arrays = _batch_arrays(embedders, batch, seed)
+    rows = _batch_rows(batch, seed)
+    arrays = _batch_arrays(embedders["onnxruntime_fp32"], rows)
     flops = backbone_flops(llm_config, arrays["attention_mask"])
     outputs = {name: e.embed(rows, INSTRUCTION, batch_size=batch) for name, e in embedders.items()}  # warm
     first = max(_timed(e._run_user_graph, arrays) for e in embedders.values())
@@ -276,15 +275,19 @@ def _bench_batch(
     return entry
 
 
-def _batch_arrays(embedders: dict[str, Any], batch: int, seed: int) -> dict[str, np.ndarray]:
-    """The user graph's input arrays for the benchmark's `batch` example users."""
+def _batch_rows(batch: int, seed: int) -> dict[str, list]:
+    """The benchmark's `batch` example users (Feast-shaped rows)."""
     from instructue_plugin.example_inputs import example_feature_rows
+
+    return example_feature_rows(batch, seed=seed + batch)
+
+
+def _batch_arrays(reference: Any, rows: dict[str, list]) -> dict[str, np.ndarray]:
+    """The user graph's input arrays for `rows` under the benchmark's instruction, laid out by `reference`."""
     from instructue_plugin.featurize import featurize
 
-    reference = embedders["onnxruntime_fp32"]
-    rows = example_feature_rows(batch, seed=seed + batch)
     users = featurize(rows, max_items_per_source=reference.config.max_items_per_source)
-    inputs = reference.builder.build(users, [INSTRUCTION] * batch)
+    inputs = reference.builder.build(users, [INSTRUCTION] * len(users))
     return inputs.graph_inputs(reference.item_vectors(inputs.item_texts))
 
 

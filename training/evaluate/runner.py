@@ -2,8 +2,9 @@
 
 Protocol (DESIGN §5): the eval users' feature rows at the cut-off are embedded once per method (frozen), a
 5-fold logistic-regression probe is fitted per task, and out-of-fold scores give AUC/KS (binary tasks) or
-Recall@K (recommendation tasks). Noise robustness re-scores every method on the same users after injecting
-extra random events; instruction awareness probes each binary task with embeddings made under each task's
+Recall@K (recommendation tasks). Noise robustness re-scores the main methods (the baselines, instructed with the
+canonical instruction, general; not the paraphrases or ablations) on the same users after injecting extra
+random events; instruction awareness probes each binary task with embeddings made under each task's
 instruction and under none.
 """
 
@@ -215,17 +216,16 @@ def noise_robustness(
     progress: bool,
 ) -> dict[str, dict[str, float]]:
     """Mean AUC over the binary tasks per method at each injected-noise rate."""
-    if settings.noise is None:
-        from ..synth.noise import inject_noise
+    from ..synth.noise import inject_noise
 
-        settings.noise = inject_noise
+    add_noise = settings.noise or inject_noise
     out: dict[str, dict[str, float]] = {}
     for rate in tqdm(settings.noise_rates, desc="noise", disable=not progress):
         reps = (
             clean
             if rate == 0
             else Representations(
-                settings.noise(features, rate=rate, seed=settings.seed),
+                add_noise(features, rate=rate, seed=settings.seed),
                 {"main": embedders["main"]},
                 batch_size=settings.batch_size,
                 progress=progress,
