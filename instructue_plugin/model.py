@@ -285,7 +285,7 @@ class InstructUEModel(nn.Module):
 
         Only the `<USER>` row of the last layer is read, so that layer's MLP runs on that row alone
         (`_last_mlp_at`): the same embeddings, ~19 % fewer decoder FLOPs for the 4-layer preset. Not
-        re-entrant (a hook on a shared module): callers serialize calls, as `Embedder` does.
+        re-entrant (a hook on a shared module): callers serialize calls, as `TorchEmbedder` does.
         """
         with self._last_mlp_at(user_position):
             hidden = self.user_hidden(
