@@ -18,6 +18,7 @@ logs why and uses dynamo.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -47,7 +48,14 @@ from .manifest import (
     USER_OUTPUT,
     write_manifest,
 )
-from .onnx_int8 import SMOOTHING_ALPHA, int8_parity, quantize_int8, quiet_loggers, smooth_activations
+from .onnx_int8 import (
+    SMOOTHING_ALPHA,
+    int8_parity,
+    quantize_int8,
+    quiet_loggers,
+    recording_activation_peaks,
+    smooth_activations,
+)
 from .onnx_runtime import cpu_session
 from .sequence import GRAPH_INPUT_NAMES
 
@@ -425,7 +433,9 @@ def export_model(
     catalog = _catalog_texts(model_dir)
     random_users, real_users, random_items, item_texts = _parity_cases(reference, catalog, parity_features)
     backbone = export_copy.llm.get_base_model()
-    risky = fp16_risky_rms_norms(backbone, lambda: [_torch_run(export_copy, case) for case in real_users])
+    # One pass over the real cases measures the RMSNorm inputs and, for int8, the activations smoothing needs.
+    with recording_activation_peaks(export_copy) if int8 else contextlib.nullcontext({}) as activation_peaks:
+        risky = fp16_risky_rms_norms(backbone, lambda: [_torch_run(export_copy, case) for case in real_users])
     fp16_safe_norms = make_rms_norms_fp16_safe(backbone, risky)
     if fp16_safe_norms:
         say(f"{len(fp16_safe_norms)} RMSNorms see activations that overflow fp16: exported in an fp16-safe form")
@@ -453,6 +463,7 @@ def export_model(
                     exporter=used,
                     opset=opset,
                     cases=(random_users, real_users),
+                    activation_peaks=activation_peaks,
                     keep_fp32=int8_keep_fp32,
                 )
         say("copying tokenizers and precomputing the catalog's item vectors")
@@ -509,11 +520,13 @@ def _export_int8(
     exporter: Literal["legacy", "dynamo"],
     opset: int | None,
     cases: tuple[list, list],
+    activation_peaks: dict,
     keep_fp32: Sequence[str],
 ) -> dict[str, Any]:
-    """Smooth the export copy (in place), export it again and quantize it into `folder`; returns its parity."""
+    """Smooth the export copy (in place, with the peaks recorded on the real cases), export it again and
+    quantize it into `folder`; returns its parity."""
     random_users, real_users = cases
-    smoothed = smooth_activations(export_copy, real_users, alpha=SMOOTHING_ALPHA)
+    smoothed = smooth_activations(export_copy, activation_peaks, alpha=SMOOTHING_ALPHA)
     _export_graph(
         export_copy,
         {name: real_users[0][name] for name in GRAPH_INPUT_NAMES},

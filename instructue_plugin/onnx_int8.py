@@ -31,15 +31,64 @@ logger = logging.getLogger(__name__)
 SMOOTHING_ALPHA = 0.8
 
 
-def smooth_activations(model: Any, cases: list[dict[str, np.ndarray]], *, alpha: float) -> dict[str, int]:
+# Linear layers smoothed together, by the activation X they read:
+# name -> (module writing X, whether it is a linear layer (else a norm), modules reading X).
+_SMOOTHING_GROUPS: dict[str, Callable[[Any], tuple[Any, bool, list[Any]]]] = {
+    "attention_input": lambda layer: (layer.input_layernorm, False, _modules(layer.self_attn, "q k v")),
+    "mlp_input": lambda layer: (layer.post_attention_layernorm, False, _modules(layer.mlp, "gate up")),
+    "mlp_inner": lambda layer: (_plain_linear(layer.mlp.up_proj), True, _modules(layer.mlp, "down")),
+}
+
+
+def _smoothing_plans(model: Any) -> dict[tuple[int, str], tuple[Any, bool, list[Any]]]:
+    """Every (layer, group) of the decoder that has the group's modules."""
+    plans = {}
+    for i, layer in enumerate(model.llm.get_base_model().get_decoder().layers):
+        for name, pick in _SMOOTHING_GROUPS.items():
+            try:
+                plans[(i, name)] = pick(layer)
+            except AttributeError:
+                continue
+    return plans
+
+
+@contextlib.contextmanager
+def recording_activation_peaks(model: Any) -> Iterator[dict[tuple[int, str], Any]]:
+    """While active, every forward pass of `model` updates the per-channel maxima |X| that smoothing needs.
+
+    Yields the (layer, group) -> (channels,) maxima, filled as the model runs (the export records them in the
+    same pass over its real cases as the RMSNorm check).
+    """
+    import torch
+
+    peaks: dict[tuple[int, str], torch.Tensor] = {}
+
+    def record(key: tuple[int, str]) -> Callable[..., None]:
+        def hook(module: Any, args: tuple) -> None:
+            peak = args[0].detach().abs().flatten(0, -2).amax(0)  # (channels,)
+            peaks[key] = torch.maximum(peaks[key], peak) if key in peaks else peak
+
+        return hook
+
+    plans = _smoothing_plans(model)
+    handles = [readers[0].register_forward_pre_hook(record(key)) for key, (_, _, readers) in plans.items()]
+    try:
+        yield peaks
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def smooth_activations(model: Any, peaks: dict[tuple[int, str], Any], *, alpha: float) -> dict[str, int]:
     """SmoothQuant on the decoder's linear layers, in place; the function computed stays the same (in fp32).
 
     Pretrained LLMs have a few activation channels hundreds of times larger than the rest; dynamic int8 quantizes
     an activation with one scale per tensor, which flattens every other channel (int8 vs fp32 cosine 0.975 on
     smol-cpu). For each group of linear layers reading the same activation X, channel j is divided by
-    s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha) (maxima over `cases` and over the group's weights) and the weights'
-    input column j is multiplied by it: the range moves into the weights, which are quantized per channel.
-    The division is folded into the layer that writes X, so no operator is added:
+    s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha) (activation maxima `peaks` from `recording_activation_peaks`,
+    weight maxima over the group) and the weights' input column j is multiplied by it: the range moves into the
+    weights, which are quantized per channel. The division is folded into the layer that writes X, so no
+    operator is added:
 
     - q/k/v_proj read input_layernorm's output: its weight absorbs 1/s;
     - gate/up_proj read post_attention_layernorm's output: likewise;
@@ -50,36 +99,9 @@ def smooth_activations(model: Any, cases: list[dict[str, np.ndarray]], *, alpha:
     """
     import torch
 
-    layers = list(model.llm.get_base_model().get_decoder().layers)
-    groups = {  # name -> (module writing X, scale its output rows (else: a norm weight), modules reading X)
-        "attention_input": lambda layer: (layer.input_layernorm, False, _modules(layer.self_attn, "q k v")),
-        "mlp_input": lambda layer: (layer.post_attention_layernorm, False, _modules(layer.mlp, "gate up")),
-        "mlp_inner": lambda layer: (_plain_linear(layer.mlp.up_proj), True, _modules(layer.mlp, "down")),
-    }
-    plans: dict[tuple[int, str], tuple[Any, bool, list[Any]]] = {}
-    for i, layer in enumerate(layers):
-        for name, pick in groups.items():
-            try:
-                plans[(i, name)] = pick(layer)
-            except AttributeError:
-                continue
-    peaks: dict[tuple[int, str], torch.Tensor] = {}
-
-    def record(key: tuple[int, str]) -> Callable[..., None]:
-        def hook(module: Any, args: tuple) -> None:
-            peak = args[0].detach().abs().flatten(0, -2).amax(0)  # (channels,)
-            peaks[key] = torch.maximum(peaks[key], peak) if key in peaks else peak
-
-        return hook
-
-    handles = [readers[0].register_forward_pre_hook(record(key)) for key, (_, _, readers) in plans.items()]
-    try:
-        with torch.inference_mode():
-            for case in cases:
-                model(**{name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in case.items()})
-    finally:
-        for handle in handles:
-            handle.remove()
+    plans = _smoothing_plans(model)
+    if set(peaks) != set(plans):
+        raise ValueError("activation peaks were not recorded for this model's layers: run it under recording first")
     with torch.no_grad():
         for key, (writer, is_linear, readers) in plans.items():
             weight_peak = torch.stack([r.weight.abs().amax(0) for r in readers]).amax(0).clamp(min=1e-5)
@@ -92,7 +114,7 @@ def smooth_activations(model: Any, cases: list[dict[str, np.ndarray]], *, alpha:
                 writer.weight.div_(scale)  # RMSNorm's (channels,) gain
             for reader in readers:
                 reader.weight.mul_(scale[None, :])  # (out, channels): input column j
-    counts = {name: sum(1 for (_, group) in plans if group == name) for name in groups}
+    counts = {name: sum(1 for (_, group) in plans if group == name) for name in _SMOOTHING_GROUPS}
     if not any(counts.values()):
         logger.warning("the backbone's layers have none of the usual projections: int8 without activation smoothing")
     return counts
