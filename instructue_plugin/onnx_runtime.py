@@ -379,10 +379,10 @@ class OnnxEmbedder(Embedder):
         if TENSORRT in (_provider_name(p) for p in plan):
             base = Path(trt_cache_dir) if trt_cache_dir is not None else default_trt_cache_dir(folder)
             user_shapes = user_graph_shapes(config, builder, item_dim=manifest["item_dim"], max_users=MAX_USERS_PER_RUN)
-            user_cache = graph_trt_cache_dir(base, manifest["files"][graph_file])
-            item_cache_dir = graph_trt_cache_dir(base, manifest["files"][ITEM_GRAPH_FILE])
-            user_plan = _with_trt_options(plan, trt_options(user_shapes, user_cache))
-            item_plan = _with_trt_options(plan, trt_options(item_graph_shapes(config), item_cache_dir))
+            user_trt_cache = graph_trt_cache_dir(base, manifest["files"][graph_file])
+            item_trt_cache = graph_trt_cache_dir(base, manifest["files"][ITEM_GRAPH_FILE])
+            user_plan = _with_trt_options(plan, trt_options(user_shapes, user_trt_cache))
+            item_plan = _with_trt_options(plan, trt_options(item_graph_shapes(config), item_trt_cache))
         user_session, created = _session(folder / graph_file, manifest["files"][graph_file], user_plan)
         item_session, _ = _session(folder / ITEM_GRAPH_FILE, manifest["files"][ITEM_GRAPH_FILE], item_plan)
         embedder = cls(

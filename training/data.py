@@ -13,7 +13,7 @@ import duckdb
 import pandas as pd
 
 from instructue_plugin.errors import DataValidationError
-from instructue_plugin.schema import ENTITY_KEY, PROFILE, SEQUENCE_SOURCES, TIMESTAMP_COLUMN
+from instructue_plugin.schema import ENTITY_KEY, PROFILE, SEQUENCE_BY_NAME, SEQUENCE_SOURCES, TIMESTAMP_COLUMN
 
 SNAPSHOTS = "snapshots"
 RAW = "raw"
@@ -87,7 +87,7 @@ def raw_events(data_dir: Path, source: str, *, user_ids: list[int] | None = None
     """
     files = raw_files(_require(Path(data_dir) / RAW, "raw logs folder"), source)
     if not files:
-        spec = next(s for s in SEQUENCE_SOURCES if s.name == source)
+        spec = SEQUENCE_BY_NAME[source]
         columns = {ENTITY_KEY: pd.Series(dtype="int64"), TIMESTAMP_COLUMN: pd.Series(dtype="datetime64[us, UTC]")}
         return pd.DataFrame(columns | {f.name: pd.Series(dtype=object) for f in spec.fields})
     con = duckdb.connect()
@@ -140,9 +140,11 @@ def latest_features_sample(data_dir: Path, users: int, *, seed: int = 0) -> pd.D
 
     Rows of real users for calibrating and checking an export (`instructue export --calibration-data`).
     """
-    tables = [str(path) for path in snapshot_tables(data_dir).values()]
+    tables = list(snapshot_tables(data_dir).values())
     con = duckdb.connect()
-    ids = con.execute(f"SELECT DISTINCT {ENTITY_KEY} FROM read_parquet({tables}) ORDER BY 1").df()[ENTITY_KEY]
+    ids = con.execute(f"SELECT DISTINCT {ENTITY_KEY} FROM read_parquet({_sql_list(tables)}) ORDER BY 1").df()[
+        ENTITY_KEY
+    ]
     con.close()
     if ids.empty:
         raise DataValidationError(f"{Path(data_dir) / SNAPSHOTS} holds no users")

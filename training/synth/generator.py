@@ -61,6 +61,7 @@ from instructue_plugin.schema import (
     ENTITY_KEY,
     PROFILE,
     SCHEMA_HASH,
+    SEQUENCE_BY_NAME,
     SEQUENCE_SOURCES,
     SOURCE_NAMES,
 )
@@ -421,7 +422,7 @@ def _event_fields(source: str, ev: _Events) -> dict[str, pa.Array | np.ndarray]:
         codes["channel"] = ev.secondary
     if source == "miniprogram":
         codes["action"] = ev.secondary
-    spec = next(s for s in SEQUENCE_SOURCES if s.name == source)
+    spec = SEQUENCE_BY_NAME[source]
     out: dict[str, pa.Array | np.ndarray] = {}
     for f in spec.fields:
         if f.role == "text":
