@@ -67,6 +67,15 @@ def _names(comma_separated: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in comma_separated.split(",") if name.strip())
 
 
+def _int8_keep_fp32(option: str | None) -> tuple[str, ...]:
+    """The projections `--int8-keep-fp32` names, or the export's default when the option is not given."""
+    if option is None:
+        from .onnx_int8 import DEFAULT_KEEP_FP32
+
+        return DEFAULT_KEEP_FP32
+    return _names(option)
+
+
 def _user_features(data: Path, users: str, at: str | None) -> tuple[list[int], Any]:
     """The `--users` ids and their feature rows from the data folder's snapshots at `at` (default: the latest)."""
     import pandas as pd
@@ -331,7 +340,9 @@ def bench_train(
 def bench_embed(
     presets: Annotated[str, typer.Option(help="Comma-separated presets (smol is slow on a CPU).")] = "smol-cpu",
     batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
-    int8_keep_fp32: Annotated[str, typer.Option(help="As for `instructue export`, e.g. down_proj.")] = "",
+    int8_keep_fp32: Annotated[
+        str | None, typer.Option(help='As for `instructue export`: e.g. down_proj; "" quantizes them all.')
+    ] = None,
     report: Annotated[Path, typer.Option(help="Where the JSON report goes.")] = REPORTS / "bench-embed.json",
 ) -> None:
     """PyTorch eager vs onnxruntime fp32 vs int8 throughput -> reports/bench-embed.json."""
@@ -340,7 +351,7 @@ def bench_embed(
     result = run(
         presets=_names(presets),
         batches=tuple(int(b) for b in batches.split(",") if b.strip()),
-        int8_keep_fp32=_names(int8_keep_fp32),
+        int8_keep_fp32=_int8_keep_fp32(int8_keep_fp32),
         report_path=report,
         progress=typer.echo,
     )
@@ -410,11 +421,12 @@ def export(
     out: Annotated[Path, typer.Option(help="Export folder (ONNX graphs, tokenizers, item cache, manifest).")],
     int8: Annotated[bool, typer.Option(help="Also write a per-channel int8 variant for CPUs.")] = False,
     int8_keep_fp32: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Comma-separated projections the int8 variant keeps in fp32, e.g. down_proj (slower, closer to fp32)."
+            help="Comma-separated projections the int8 variant keeps in fp32, e.g. down_proj (slower, closer to "
+            'fp32); "" quantizes them all. Default: the first decoder layer\'s down projection.'
         ),
-    ] = "",
+    ] = None,
     calibration_data: Annotated[
         Path | None,
         typer.Option(
@@ -426,9 +438,9 @@ def export(
     """Export a trained model to ONNX, check it (checker and parity with PyTorch) and write a manifest."""
     from .onnx_export import MAX_PARITY_FEATURE_ROWS, export_model
 
-    keep = _names(int8_keep_fp32)
-    if keep and not int8:
+    if int8_keep_fp32 is not None and not int8:
         raise ConfigError("--int8-keep-fp32 needs --int8")
+    keep = _int8_keep_fp32(int8_keep_fp32)
     features = None
     if calibration_data is not None:
         from training.data import latest_features_sample

@@ -49,6 +49,7 @@ from .manifest import (
     write_manifest,
 )
 from .onnx_int8 import (
+    DEFAULT_KEEP_FP32,
     SMOOTHING_ALPHA,
     int8_parity,
     quantize_int8,
@@ -388,7 +389,7 @@ def export_model(
     out_dir: str | Path,
     *,
     int8: bool = False,
-    int8_keep_fp32: Sequence[str] = (),
+    int8_keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32,
     opset: int | None = None,
     exporter: Exporter = "auto",
     tolerance: float = 1e-4,
@@ -403,7 +404,8 @@ def export_model(
             anything else.
         int8: also write `user_embedding.int8.onnx` (per-channel dynamic int8, for CPUs).
         int8_keep_fp32: projections the int8 variant keeps in fp32, by module name (e.g. "down_proj"): slower,
-            closer to fp32 (see `onnx_int8.quantize_int8`).
+            closer to fp32 (default: the first layer's down projection; `()` quantizes all; see
+            `onnx_int8.quantize_int8`).
         opset: ONNX opset (default: 17 for the legacy exporter, 18 for dynamo).
         exporter: "legacy" (`dynamo=False`), "dynamo", or "auto" (legacy, falling back to dynamo, logged).
         tolerance: largest max-abs difference allowed between onnxruntime (fp32) and PyTorch.

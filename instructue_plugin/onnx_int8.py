@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 # 0.980 (down_proj) -> 0.988 (all groups).
 SMOOTHING_ALPHA = 0.8
 
+# Matmuls the int8 variant keeps in fp32 unless told otherwise: the first decoder layer's down projection. On
+# trained smol-cpu models it carries most of the int8 error (see `quantize_int8`), for ~3 % of the int8 speed
+# (README, "int8 on CPUs").
+DEFAULT_KEEP_FP32: tuple[str, ...] = ("layers.0/mlp/down_proj",)
+
 
 # Linear layers smoothed together, by the activation X they read:
 # name -> (module writing X, whether it is a linear layer (else a norm), modules reading X).
@@ -130,13 +135,15 @@ def _plain_linear(module: Any) -> Any:
     return getattr(module, "base_layer", module)
 
 
-def quantize_int8(source: Path, target: Path, scratch: Path, *, keep_fp32: Sequence[str] = ()) -> dict[str, int]:
+def quantize_int8(
+    source: Path, target: Path, scratch: Path, *, keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32
+) -> dict[str, int]:
     """Per-channel dynamic int8 weights for the matmuls with constant weights (per-tensor damages neighbours).
 
     Dynamic int8 gives each activation tensor one scale for the whole batch. The MLP down projections read
     silu(gate) * up, whose few huge channels survive smoothing (measured on a trained smol-cpu model: the first
     layer's down projection causes most of the error). `keep_fp32` names module fragments (e.g. "down_proj")
-    whose matmuls stay fp32: slower, closer to fp32.
+    whose matmuls stay fp32: slower, closer to fp32; `()` quantizes them all.
 
     Returns:
         Matmuls quantized and kept in fp32.

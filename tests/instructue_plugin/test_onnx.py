@@ -91,10 +91,10 @@ def test_manifest_describes_the_export(export_dir, model_dir):
         assert parity[graph]["random_max_abs_diff"] <= 1e-4 and parity[graph]["real_max_abs_diff"] <= 1e-4
     assert parity["user_embedding_int8"]["real_min_cosine"] >= 0.99
     assert parity["user_embedding_int8"]["smoothed"] == {"attention_input": 2, "mlp_input": 2, "mlp_inner": 2}
-    # 2 layers x 7 projections, all quantized by default.
+    # 2 layers x 7 projections: by default all but the first layer's down projection are quantized.
     matmuls = parity["user_embedding_int8"]["matmuls"]
-    assert matmuls["kept_fp32"] == 0 and matmuls["kept_fp32_names"] == []
-    assert matmuls["quantized"] >= 14
+    assert matmuls["kept_fp32"] == 1 and matmuls["kept_fp32_names"] == ["layers.0/mlp/down_proj"]
+    assert matmuls["quantized"] >= 13
     catalog = json.loads((model_dir / "item_cache.json").read_text())
     assert parity["item_encoder"]["catalog"]["texts"] == len(catalog) > 0
     expected = {"user_embedding.onnx", "user_embedding.int8.onnx", "item_encoder.onnx", "llm_tokenizer.json"}
@@ -124,6 +124,8 @@ def test_int8_can_keep_named_projections_in_fp32(export_dir, tmp_path):
     down = [n for n in nodes if "down_proj" in n.name and "MatMul" in n.op_type]
     assert down and all(n.op_type == "MatMul" for n in down)  # plain fp32 matmuls
     assert any(n.op_type == "MatMulInteger" and "up_proj" in n.name for n in nodes)
+    everything = quantize_int8(export_dir / USER_GRAPH_FILE, tmp_path / "all.onnx", tmp_path, keep_fp32=())
+    assert everything == {"quantized": counts["quantized"] + 2, "kept_fp32": 0}
     with pytest.raises(ConfigError, match="no_such_proj"):
         quantize_int8(export_dir / USER_GRAPH_FILE, tmp_path / "x.onnx", tmp_path, keep_fp32=("no_such_proj",))
 
