@@ -39,7 +39,6 @@ import csv
 import importlib.util
 import json
 import logging
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from instructue_plugin.errors import ConfigError, DataValidationError
+from instructue_plugin.errors import DataValidationError
 from instructue_plugin.feast_definitions import snapshot_path
 from instructue_plugin.schema import (
     ENTITY_KEY,
@@ -59,6 +58,7 @@ from instructue_plugin.schema import (
     SEQUENCE_BY_NAME,
     SEQUENCE_SOURCES,
     SOURCE_NAMES,
+    SequenceSource,
 )
 from training.instructions import task_instructions
 from training.snapshots import (
@@ -69,6 +69,7 @@ from training.snapshots import (
     snapshot_chunk,
 )
 from training.synth.generator import TRAIN_FRACTION, train_split
+from training.synth.noise import inject_noise
 
 if TYPE_CHECKING:
     from training.evaluate.runner import EvalSettings
@@ -376,12 +377,9 @@ def _labels(ml: MovieLens, ratings: pd.DataFrame, cutoff: pd.Series, seed: int) 
 class MovieNoise:
     """Noise injection for MovieLens rows: random catalog movies added to the `bill` lists.
 
-    The same contract and rules as `training.synth.noise.inject_noise`, with MovieLens items instead of the
-    synthetic catalog (whose items would be out of distribution here): each row gets `round(rate × n_items)`
-    extra ratings (halves round up) of movies drawn uniformly from the catalog (every movie in the data
-    folder's raw `bill` log), with a star rating drawn from the data's rating distribution, at uniformly
-    random whole seconds within the row's existing time span; the list is re-sorted by time (an existing
-    item stays before an injected one at the same second) and cut to `max_items`, keeping the newest.
+    `training.synth.noise.inject_noise` with MovieLens items instead of the synthetic catalog (whose items would
+    be out of distribution here): movies drawn uniformly from the catalog (every movie in the data folder's raw
+    `bill` log), each with a star rating drawn from the data's rating distribution.
     """
 
     movies: pd.DataFrame  # merchant, category: one row per distinct movie
@@ -399,55 +397,22 @@ class MovieNoise:
         movies = log[["merchant", "category"]].drop_duplicates("merchant").sort_values("merchant", ignore_index=True)
         return cls(movies=movies, ratings=log["amount"].to_numpy(np.float32))
 
-    def __call__(self, features: pd.DataFrame, *, rate: float, seed: int) -> pd.DataFrame:
-        """A copy of `features` with random movies added to each row's `bill` lists.
+    def sample(self, source: SequenceSource, n: int, rng: np.random.Generator) -> dict[str, pa.Array]:
+        """`n` random rated movies as `bill` items (an item sampler for `inject_noise`)."""
+        if source.name != BILL.name:
+            raise DataValidationError(f"MovieLens rows hold no {source.name!r} items to add noise to")
+        pick = self.movies.iloc[rng.integers(len(self.movies), size=n)]
+        stars = self.ratings[rng.integers(len(self.ratings), size=n)]
+        return {
+            "merchant": pa.array(pick["merchant"].tolist(), pa.string()),
+            "category": pa.array(pick["category"].tolist(), pa.string()),
+            "channel": pa.array([f"rated {s:g} star" + ("" if s == 1 else "s") for s in stars], pa.string()),
+            "amount": pa.array(stars, pa.float32()),
+        }
 
-        Args:
-            features: snapshot rows with the `bill` feature columns (lists newest last; None without data).
-            rate: injected ratings per existing rating (0 returns an equal copy).
-            seed: random seed.
-        Returns:
-            A new frame with the same index and columns; noisy `bill` columns hold numpy arrays.
-        Raises:
-            ConfigError: `rate` negative or not finite.
-        """
-        if not math.isfinite(rate) or rate < 0:
-            raise ConfigError(f"noise rate must be a finite number >= 0, got {rate!r}")
-        out = features.copy()
-        if rate == 0 or len(features) == 0:
-            return out
-        rng = np.random.default_rng(seed)
-        columns = {f.name: BILL.column(f.name) for f in BILL.fields}
-        new_columns: dict[str, list] = {c: [] for c in [*columns.values(), BILL.ts_column]}
-        for row in range(len(features)):
-            ts = features[BILL.ts_column].iat[row]
-            if ts is None or (isinstance(ts, float) and math.isnan(ts)) or len(ts) == 0:
-                for column in new_columns:
-                    new_columns[column].append(features[column].iat[row])
-                continue
-            ts = np.asarray(ts, dtype=np.int64)
-            n_new = int(math.floor(rate * len(ts) + 0.5))
-            pick = self.movies.iloc[rng.integers(len(self.movies), size=n_new)]
-            stars = self.ratings[rng.integers(len(self.ratings), size=n_new)]
-            new = {
-                "merchant": pick["merchant"].to_numpy(object),
-                "category": pick["category"].to_numpy(object),
-                "channel": np.array([f"rated {s:g} star" + ("" if s == 1 else "s") for s in stars], dtype=object),
-                "amount": stars.astype(np.float32),
-            }
-            new_ts = ts.min() + np.floor(rng.random(n_new) * (ts.max() - ts.min() + 1)).astype(np.int64)
-            merged_ts = np.concatenate([ts, new_ts])
-            order = np.lexsort((np.r_[np.zeros(len(ts)), np.ones(n_new)], merged_ts))[-BILL.max_items :]
-            for name, column in columns.items():
-                old = np.asarray(features[column].iat[row], dtype=new[name].dtype)
-                new_columns[column].append(np.concatenate([old, new[name]])[order])
-            new_columns[BILL.ts_column].append(merged_ts[order])
-        for column, values in new_columns.items():
-            cells = np.empty(len(values), dtype=object)
-            for i, value in enumerate(values):  # one array per cell, never broadcast into a 2-D block
-                cells[i] = value
-            out[column] = cells
-        return out
+    def __call__(self, features: pd.DataFrame, *, rate: float, seed: int) -> pd.DataFrame:
+        """A copy of `features` with random movies added to each row's `bill` lists (see `inject_noise`)."""
+        return inject_noise(features, rate=rate, seed=seed, items=self.sample)
 
 
 def movielens_settings(settings: EvalSettings) -> tuple[EvalSettings, list[str], str]:

@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from instructue_plugin.errors import ConfigError, DataValidationError
 from instructue_plugin.feast_definitions import snapshot_arrow_schema, snapshot_path
 from instructue_plugin.featurize import featurize
-from instructue_plugin.schema import PROFILE, SEQUENCE_SOURCES, SOURCE_NAMES
+from instructue_plugin.schema import PROFILE, SEQUENCE_BY_NAME, SEQUENCE_SOURCES, SOURCE_NAMES
 from training.data import features_asof, read_labels
 from training.movielens import (
     BINARY_TASKS,
@@ -189,6 +189,8 @@ def test_noise_injects_catalog_movies_into_bill_only(ml_data, rows_at_cutoff):
         )
     with pytest.raises(ConfigError):
         noise(rows, rate=-1.0, seed=0)
+    with pytest.raises(DataValidationError, match="app"):  # MovieLens has movies only
+        noise.sample(SEQUENCE_BY_NAME["app"], 3, np.random.default_rng(0))
 
 
 def test_movielens_settings(ml_data, tmp_path):

@@ -1,16 +1,18 @@
 """Noise injection into feature frames, for the noise-robustness evaluation (DESIGN §5).
 
-The injected events follow the generator's noise model: a uniformly random category, a uniformly random
-catalog item of that category, the secondary field (channel, action) and the numbers drawn by category for
-a typical user. Each sequence source of each row gets `round(rate × n_items)` such events (halves round
-up), at uniformly random whole seconds within the row's existing time span (earliest to latest item over
-all its sources); the list is re-sorted by time (an existing item stays before an injected one at the same
-second) and cut to the source's `max_items`, keeping the newest.
+Each sequence source of each row gets `round(rate × n_items)` extra events (halves round up), at uniformly
+random whole seconds within the row's existing time span (earliest to latest item over all its sources); the
+list is re-sorted by time (an existing item stays before an injected one at the same second) and cut to the
+source's `max_items`, keeping the newest. What the injected items are comes from an item sampler: by default
+`synthetic_items`, the generator's noise model (a uniformly random category, a uniformly random catalog item of
+that category, the secondary field (channel, action) and the numbers drawn by category for a typical user);
+a dataset with another catalog passes its own (e.g. `training.movielens.MovieNoise`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -50,7 +52,16 @@ def _present_sources(features: pd.DataFrame) -> list[SequenceSource]:
     return present
 
 
-def _new_text(source: SequenceSource, category: np.ndarray, item: np.ndarray, secondary: np.ndarray | None):
+# (source, number of items, generator) -> one array of that many values per field of the source.
+ItemSampler = Callable[[SequenceSource, int, np.random.Generator], dict[str, pa.Array]]
+
+
+def synthetic_items(source: SequenceSource, n: int, rng: np.random.Generator) -> dict[str, pa.Array]:
+    """`n` noise items of a source as the generator makes them: random category, random item of it."""
+    category = rng.integers(0, len(CATEGORIES), n)
+    item = PRIMARY[source.name].sample(category, rng.random(n), uniform=np.ones(n, bool))
+    secondary = sample_secondary(source.name, category, rng.random(n))
+    numeric = sample_numeric(source.name, category, secondary, rng)
     catalog = PRIMARY[source.name]
     out = {
         catalog.field: pa.array(catalog.names).take(pa.array(item)),
@@ -59,10 +70,12 @@ def _new_text(source: SequenceSource, category: np.ndarray, item: np.ndarray, se
     if secondary is not None:
         names = CHANNELS if source.name == "bill" else ACTIONS
         out["channel" if source.name == "bill" else "action"] = pa.array(names).take(pa.array(secondary))
-    return out
+    return out | {name: pa.array(values) for name, values in numeric.items()}
 
 
-def inject_noise(features: pd.DataFrame, *, rate: float, seed: int) -> pd.DataFrame:
+def inject_noise(
+    features: pd.DataFrame, *, rate: float, seed: int, items: ItemSampler = synthetic_items
+) -> pd.DataFrame:
     """A copy of `features` with random noise events added to each row's sequence sources.
 
     Args:
@@ -70,6 +83,7 @@ def inject_noise(features: pd.DataFrame, *, rate: float, seed: int) -> pd.DataFr
             None for a user without data). Sources whose columns are absent are left alone.
         rate: noise events per existing item (0 returns an equal copy).
         seed: random seed.
+        items: draws the injected items of a source (default: the synthetic catalog's noise model).
     Returns:
         A new frame with the same index and columns; noisy list columns hold numpy arrays.
     Raises:
@@ -104,13 +118,9 @@ def inject_noise(features: pd.DataFrame, *, rate: float, seed: int) -> pd.DataFr
         if total_new == 0:
             continue
         row_new = np.repeat(np.arange(n_rows), n_new)
-        category = rng.integers(0, len(CATEGORIES), total_new)
-        item = PRIMARY[source.name].sample(category, rng.random(total_new), uniform=np.ones(total_new, bool))
-        secondary = sample_secondary(source.name, category, rng.random(total_new))
-        numeric = sample_numeric(source.name, category, secondary, rng)
+        new_values = items(source, total_new, rng)
         span = hi[row_new] - lo[row_new] + 1
         ts_new = lo[row_new] + np.floor(rng.random(total_new) * span).astype(np.int64)
-        new_values = _new_text(source, category, item, secondary) | {k: pa.array(v) for k, v in numeric.items()}
 
         # Merge old and new items per row, sorted by time, newest max_items kept.
         row_old = np.repeat(np.arange(n_rows), n_old)
