@@ -50,8 +50,9 @@ def open_store(repo_path: str | Path) -> FeatureStore:
         raise ConfigError(f"no {FEATURE_STORE_YAML} in {repo}; pass the feature repository folder (e.g. feast_repo)")
     config = load_repo_config(repo, yaml_path)
     registry = config.registry_config
+    # `registry: data/registry.db` (a plain file registry) is a string that Feast resolves against the repo.
     if isinstance(registry, dict):
         registry["path"] = absolute_registry_url(registry["path"], repo)
-    else:
+    elif not isinstance(registry, str):
         registry.path = absolute_registry_url(registry.path, repo)
     return FeatureStore(repo_path=str(repo), config=config)

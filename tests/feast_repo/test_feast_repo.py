@@ -206,3 +206,20 @@ def test_historical_read_is_point_in_time_correct(store, snapshots) -> None:
         else:
             assert all(got[c] is None for c in _columns(case_source)), f"{kind} row {row_id}: not null"
     assert changed > 0, "no case where the two snapshots differ: the point-in-time check proves nothing"
+
+
+def test_a_plain_file_registry_resolves_against_the_repo(tmp_path: Path, monkeypatch) -> None:
+    from feast import Entity
+
+    from instructue_plugin.feast_store import open_store
+
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "feature_store.yaml").write_text(
+        "project: plain\nprovider: local\nregistry: data/registry.db\n"
+        "online_store:\n  type: sqlite\n  path: online.db\nentity_key_serialization_version: 3\n"
+    )
+    monkeypatch.chdir(tmp_path)  # anywhere but the repo
+    open_store(repo).apply([Entity(name="user", join_keys=["user_id"])])
+    assert (repo / "data" / "registry.db").exists()
+    assert [e.name for e in open_store(repo).list_entities()] == ["user"]
