@@ -31,6 +31,7 @@ import numpy as np
 
 from . import schema, settings
 from .errors import DataValidationError, ModelNotFoundError
+from .featurize import short_column_names
 
 if TYPE_CHECKING:
     from .embedder import Embedder
@@ -106,15 +107,8 @@ def embed_on_read(inputs: Mapping[str, Sequence[Any]]) -> dict[str, list[list[fl
 
 def feature_columns(inputs: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
     """The six views' columns of a Feast input under their short names (full `<view>__<column>` accepted)."""
-    columns: dict[str, list[Any]] = {}
-    for name in schema.SOURCE_NAMES:
-        source = schema.PROFILE if name == schema.PROFILE.name else schema.SEQUENCE_BY_NAME[name]
-        for column in source.feature_columns:
-            for key in (column, f"{name}__{column}"):
-                if key in inputs:
-                    columns[column] = list(inputs[key])
-                    break
-    return columns
+    short = short_column_names(inputs)
+    return {column: list(short[column]) for column in schema.feature_columns() if column in short}
 
 
 def to_feature_values(vectors: np.ndarray) -> list[list[float] | None]:

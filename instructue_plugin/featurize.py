@@ -1,17 +1,20 @@
 """From Feast feature rows to per-user behaviour: item texts, item numeric features, the profile vector.
 
 Input is what a Feast read gives: a pandas DataFrame or a dict of lists, one row per user, with the six
-feature views' columns (`schema.feature_columns()`). Everything here is a pure function of one row, so
-online, offline and training paths featurize identically.
+feature views' columns (`schema.feature_columns()`, or Feast's full names `<view>__<column>`). Everything here
+is a pure function of one row, so online, offline and training paths featurize identically.
 
 Documented fallbacks (each logged once per process):
 - a source whose columns are all absent from the input is treated as missing for every row;
 - a null list or an empty list means the user has no items in that source: the source is omitted;
-- a numeric value that is null, NaN or infinite becomes the neutral value 0 (profile: the missing flag is set);
+- a numeric value that is null, NaN or infinite, or so large that its normalized value is not a finite float32,
+  becomes the neutral value 0 (profile: the missing flag is set);
 - an item whose timestamp is NaN or infinite counts as the oldest of its source (order and recency);
 - a categorical profile value outside the schema's categories goes to the "other/unknown" slot.
-Errors (`DataValidationError`): some but not all columns of a source present, list columns of one source
-with different lengths in a row, values that cannot be read as numbers.
+The summary token of a source covers at most the source's `max_items` newest items (what a snapshot row holds).
+Errors (`DataValidationError`): rows but no column of any of the six views, some but not all columns of a
+source present, a sequence cell that is not a list, list columns of one source with different lengths in a
+row, values that cannot be read as numbers.
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ from typing import Any
 import numpy as np
 
 from .errors import DataValidationError
-from .schema import ITEM_NUMERIC_WIDTH, PROFILE, RECENCY_SCALE, SEQUENCE_SOURCES, ItemField, ProfileField
+from .schema import (
+    ITEM_NUMERIC_WIDTH,
+    PROFILE,
+    RECENCY_SCALE,
+    SEQUENCE_SOURCES,
+    ItemField,
+    ProfileField,
+    feature_columns,
+    full_feature_names,
+)
 
 logger = logging.getLogger(__name__)
 # Slots of the per-token numeric vector after the numeric fields (see schema.ITEM_NUMERIC_WIDTH).
@@ -44,8 +56,9 @@ class SourceItems:
     """One sequence source of a user.
 
     `texts` and `numeric` (n, ITEM_NUMERIC_WIDTH) describe the newest items, one soft token each; the summary
-    covers every stored item (`summary_texts`, whose item vectors are averaged, and `summary_numeric`, the mean
-    numeric features, log item count and summary flag), so a short token budget still sees the whole history.
+    covers every stored item, up to the source's `max_items` (`summary_texts`, whose item vectors are averaged,
+    and `summary_numeric`, the mean numeric features, log item count and summary flag), so a short token budget
+    still sees the whole history.
     """
 
     texts: list[str]
@@ -77,6 +90,18 @@ def num_rows(features: Any) -> int:
     return len(features)
 
 
+def short_column_names(features: Any) -> Any:
+    """`features` with Feast's full column names (`<view>__<column>`) renamed to the schema's short names; a column
+    already present under its short name wins, and other columns are left as they are."""
+    present = _columns(features)
+    renames = {n: short for n, short in full_feature_names().items() if n in present and short not in present}
+    if not renames:
+        return features
+    if isinstance(features, Mapping):
+        return {renames.get(name, name): values for name, values in features.items()}
+    return features.rename(columns=renames)
+
+
 def _columns(features: Any) -> set[str]:
     return set(features.keys()) if isinstance(features, Mapping) else set(features.columns)
 
@@ -89,10 +114,19 @@ def _column(features: Any, name: str) -> list[Any]:
 def _is_null(value: Any) -> bool:
     if value is None:
         return True
-    if isinstance(value, float):
-        return math.isnan(value)
-    # pandas.NA: a null in a nullable column (duckdb returns nullable Int64 for an int column with nulls).
-    return type(value).__name__ == "NAType"
+    if isinstance(value, float | np.floating):
+        return bool(np.isnan(value))
+    # pandas.NA: a null in a nullable column (duckdb returns nullable Int64 for an int column with nulls); NaT.
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def _list_cell(value: Any, *, column: str, row: int) -> Any:
+    """A sequence cell that must be a list (array, tuple): strings and scalars are refused by name."""
+    if isinstance(value, str | bytes | Mapping) or not hasattr(value, "__len__"):
+        raise DataValidationError(
+            f"column {column!r}, row {row}: expected a list of values, got {type(value).__name__} {value!r}"
+        )
+    return value
 
 
 def _to_floats(values: Sequence[Any], *, column: str, row: int) -> np.ndarray:
@@ -118,10 +152,12 @@ def _to_float(value: Any, *, column: str, row: int) -> float:
         ) from None
 
 
-def _scale(raw: Any, spec: ItemField | ProfileField) -> Any:
-    """A field's normalized value (a finite number or an array of them)."""
-    value = np.log1p(np.maximum(raw, 0.0)) if spec.transform == "log1p" else raw
-    return (value - spec.center) / spec.scale
+def _scale(raw: Any, spec: ItemField | ProfileField) -> np.ndarray:
+    """A field's normalized value(s) as float32; NaN where that is not a finite float32 (the caller's fallback)."""
+    value = np.log1p(np.maximum(raw, 0.0)) if spec.transform == "log1p" else np.asarray(raw, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.asarray((value - spec.center) / spec.scale).astype(np.float32)
+    return np.where(np.isfinite(scaled), scaled, np.float32(np.nan))
 
 
 def _source_columns(features: Any, names: Sequence[str], source: str) -> bool:
@@ -150,7 +186,13 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
     Raises:
         DataValidationError: partially present sources, ragged lists, non-numeric numeric values.
     """
+    features = short_column_names(features)
     rows = num_rows(features)
+    if rows and not _columns(features) & set(feature_columns()):
+        raise DataValidationError(
+            f"none of the six views' feature columns is in the input (got {sorted(_columns(features))[:8]}); "
+            "read them with Feast's feature references (schema.feature_refs())"
+        )
     users = [UserBehaviour() for _ in range(rows)]
     nonfinite = 0
     # Newest item time over all sources of a row: recency is measured from it, so it depends on the row only.
@@ -164,13 +206,15 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
         per_row = []
         for row in range(rows):
             ts = ts_values[row]
-            if _is_null(ts) or len(ts) == 0:
+            if _is_null(ts) or len(_list_cell(ts, column=source.ts_column, row=row)) == 0:
                 per_row.append(([], {}))
                 continue
             ts = _to_floats(ts, column=source.ts_column, row=row)
             values = {}
             for f in source.fields:
                 cell = field_values[f.name][row]
+                if not _is_null(cell):
+                    _list_cell(cell, column=source.column(f.name), row=row)
                 if _is_null(cell) or len(cell) != len(ts):
                     got = "null" if _is_null(cell) else len(cell)
                     raise DataValidationError(
@@ -198,20 +242,22 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
             numeric = np.zeros((len(order), ITEM_NUMERIC_WIDTH), dtype=np.float32)
             for j, spec in enumerate(source.numeric_fields):
                 raw_values = _to_floats(values[spec.name], column=source.column(spec.name), row=row)[order]
-                usable = np.isfinite(raw_values)
+                scaled = _scale(np.where(np.isfinite(raw_values), raw_values, 0.0), spec)
+                usable = np.isfinite(raw_values) & np.isfinite(scaled)
                 nonfinite += int((~usable).sum())
-                numeric[:, j] = np.where(usable, _scale(np.where(usable, raw_values, 0.0), spec), 0.0)
+                numeric[:, j] = np.where(usable, scaled, 0.0)
             age_days = (newest[row] - ts[order]) / 86400.0
             timed = finite[order]
             # An untimed item sorts as the oldest of its source, so it gets that oldest timed item's age.
             age_days = np.where(timed, age_days, age_days[timed].max() if timed.any() else 0.0)
             numeric[:, RECENCY_SLOT] = np.log1p(np.maximum(age_days, 0.0)) / RECENCY_SCALE
-            summary = numeric.mean(axis=0)
-            summary[COUNT_SLOT] = math.log1p(len(order)) / math.log1p(source.max_items)
+            stored = slice(-source.max_items, None)  # longer lists than a snapshot row holds: the newest
+            summary = numeric[stored].mean(axis=0)
+            summary[COUNT_SLOT] = math.log1p(min(len(order), source.max_items)) / math.log1p(source.max_items)
             summary[SUMMARY_FLAG_SLOT] = 1.0
             keep = slice(-max_items_per_source, None)
             users[row].sources[source.name] = SourceItems(
-                texts=texts[keep], numeric=numeric[keep], summary_texts=texts, summary_numeric=summary
+                texts=texts[keep], numeric=numeric[keep], summary_texts=texts[stored], summary_numeric=summary
             )
 
     if _source_columns(features, PROFILE.feature_columns, PROFILE.name):
@@ -244,8 +290,9 @@ def _profile_vector(cells: list[Any], row: int) -> tuple[np.ndarray, int]:
     for spec, cell in zip(PROFILE.fields, cells, strict=True):
         if spec.kind == "numeric":
             value = _to_float(cell, column=PROFILE.column(spec.name), row=row)
-            if math.isfinite(value):
-                vector[offset] = _scale(value, spec)
+            scaled = float(_scale(value, spec)) if math.isfinite(value) else math.nan
+            if math.isfinite(scaled):
+                vector[offset] = scaled
             else:
                 vector[offset + 1] = 1.0  # missing flag
                 bad += 0 if _is_null(cell) else 1

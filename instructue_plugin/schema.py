@@ -227,6 +227,12 @@ def feature_columns() -> list[str]:
     return columns
 
 
+def full_feature_names() -> dict[str, str]:
+    """Feast's full column names (`<view>__<feature>`, read with `full_feature_names=True`) -> the short names."""
+    names = {f"{s.name}__{c}": c for s in SEQUENCE_SOURCES for c in s.feature_columns}
+    return names | {f"{PROFILE.name}__{c}": c for c in PROFILE.feature_columns}
+
+
 def feature_refs() -> list[str]:
     """Feast feature references `<view>:<feature>` for the six feature views."""
     refs = [f"{s.name}:{c}" for s in SEQUENCE_SOURCES for c in s.feature_columns]

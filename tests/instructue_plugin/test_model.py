@@ -189,6 +189,35 @@ def test_non_finite_numbers_are_neutralized(embedder, rows):
     assert np.isfinite(out).all()
 
 
+def test_numbers_too_large_for_float32_take_the_missing_value_fallback(rows):
+    huge = {name: list(values) for name, values in rows.items()}
+    huge["profile_age"][0] = 1e300  # finite in float64, inf once scaled to float32 (age has no log transform)
+    missing = {name: list(values) for name, values in rows.items()}
+    missing["profile_age"][0] = None
+    got, expected = (featurize(select_rows(r, [0]), max_items_per_source=64)[0].profile for r in (huge, missing))
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_float32_nan_profile_cells_are_nulls():
+    # Profile columns read as float32 arrays: an unknown user's cells are numpy NaNs, not Python floats.
+    from instructue_plugin.schema import feature_columns
+
+    row = {column: [None] for column in feature_columns()}
+    row |= {column: [np.float32("nan")] for column in row if column.startswith("profile_")}
+    assert featurize(row, max_items_per_source=4)[0].is_empty
+
+
+def test_feast_full_feature_names_are_read_like_short_ones(embedder, rows):
+    from instructue_plugin.schema import feature_refs
+
+    # With full_feature_names=True Feast names a column `<view>__<feature>` for the reference `<view>:<feature>`.
+    full = {ref.replace(":", "__"): rows[ref.split(":")[1]] for ref in feature_refs()}
+    assert "page_path__page_path_ts" in full and "profile__profile_age" in full
+    np.testing.assert_array_equal(embedder.embed(full, FUND), embedder.embed(rows, FUND))
+    np.testing.assert_array_equal(embedder.embed(pd.DataFrame(full), FUND), embedder.embed(rows, FUND))
+
+
 def test_an_untimed_item_counts_as_the_oldest_of_its_source(rows):
     from instructue_plugin.featurize import RECENCY_SLOT
 
@@ -228,6 +257,12 @@ def test_bad_rows_raise_clear_errors(embedder, rows):
     partial = {name: values for name, values in rows.items() if name != "app_minutes"}
     with pytest.raises(DataValidationError, match="app_minutes"):
         embedder.embed(partial)
+    scalar = {name: list(values) for name, values in rows.items()}
+    scalar["bill_ts"][0] = 1_700_000_000  # one time, not a list of them
+    with pytest.raises(DataValidationError, match="bill_ts.*row 0.*expected a list"):
+        embedder.embed(scalar)
+    with pytest.raises(DataValidationError, match="none of the six views' feature columns"):
+        embedder.embed({"user_id": [1, 2], "bill__amount": [[1.0], [2.0]]})
     with pytest.raises(DataValidationError, match="instructions"):
         embedder.embed(rows, [FUND, CHURN])
 
@@ -255,6 +290,20 @@ def test_item_encoder_gradients_are_off_and_lora_is_on(model):
     base = [n for n in trainable if n.startswith("llm.") and "lora_" not in n]
     assert base == ["llm.base_model.model.model.norm.weight"]  # only the final norm of the frozen backbone
     assert torch.is_grad_enabled()
+
+
+def test_summary_token_covers_at_most_the_items_a_snapshot_row_holds(rows):
+    from instructue_plugin.featurize import COUNT_SLOT
+    from instructue_plugin.schema import SEQUENCE_BY_NAME
+
+    cap = SEQUENCE_BY_NAME["bill"].max_items
+    long = {name: [list(v) if isinstance(v, list) else v for v in values] for name, values in rows.items()}
+    for name in [n for n in long if n.startswith("bill_")]:
+        long[name][0] = (long[name][0] * (cap // len(long[name][0]) + 2))[: cap + 5]  # 5 more than a row holds
+    long["bill_ts"][0] = list(range(1_700_000_000, 1_700_000_000 + cap + 5))
+    bill = featurize(select_rows(long, [0]), max_items_per_source=4)[0].sources["bill"]
+    assert len(bill.summary_texts) == cap and bill.summary_numeric[COUNT_SLOT] == pytest.approx(1.0)
+    assert bill.texts == bill.summary_texts[-4:]
 
 
 def test_summary_token_averages_every_stored_item(model, rows):
