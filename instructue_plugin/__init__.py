@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 EXPORT_MANIFEST = "manifest.json"
 
 
+def model_identity_files(folder: Path) -> list[Path]:
+    """The files whose content identifies a model folder: an export's manifest (it lists every file's sha256),
+    else a trained folder's config and weights."""
+    if (folder / EXPORT_MANIFEST).exists():
+        return [folder / EXPORT_MANIFEST]
+    return [folder / "config.json", folder / "model.safetensors"]
+
+
 def load(path: str | Path, *, variant: str | None = None) -> Embedder:
     """Load an embedder from a trained model folder (PyTorch) or an export folder (onnxruntime).
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import schema, settings
+from . import model_identity_files, schema, settings
 from .errors import DataValidationError, ModelNotFoundError
 from .featurize import short_column_names
 
@@ -45,13 +45,28 @@ _FEAST_SAMPLE_STRING = "hello world"
 # What the schema-inference call gets back: a non-empty float list, enough to infer Array(Float32).
 _PLACEHOLDER = [0.0]
 
-_embedders: dict[tuple[Path, str], Embedder] = {}  # (folder, variant)
+# (folder, variant) -> (the model files' stamp when loaded, embedder): a model re-saved or re-exported into the
+# same folder changes the stamp, and the next read loads it.
+_embedders: dict[tuple[Path, str], tuple[tuple, Embedder]] = {}
 _lock = threading.Lock()
+
+
+def _files_stamp(folder: Path) -> tuple:
+    """Size and modification time of the files that identify the model in `folder` (cheap to read per call)."""
+    stamp = []
+    for file in model_identity_files(folder):
+        try:
+            status = file.stat()
+        except OSError:
+            stamp.append((file.name, None))
+        else:
+            stamp.append((file.name, status.st_size, status.st_mtime_ns))
+    return tuple(stamp)
 
 
 def load_embedder(model_path: str | Path | None = None) -> Embedder:
     """The embedder of `model_path` (default: `settings.model_dir()`), loaded once per process, folder and variant
-    (INSTRUCTUE_MODEL_VARIANT).
+    (INSTRUCTUE_MODEL_VARIANT), and loaded again when the model in the folder is replaced.
 
     Raises:
         ModelNotFoundError: nothing at the folder; the message names INSTRUCTUE_MODEL and the fix.
@@ -59,11 +74,13 @@ def load_embedder(model_path: str | Path | None = None) -> Embedder:
     """
     folder = Path(model_path).expanduser().resolve() if model_path is not None else settings.model_dir()
     key = (folder, settings.model_variant())
-    embedder = _embedders.get(key)
-    if embedder is not None:
-        return embedder
+    stamp = _files_stamp(folder)
+    cached = _embedders.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     with _lock:
-        if key not in _embedders:  # another thread may have loaded it while this one waited
+        cached = _embedders.get(key)
+        if cached is None or cached[0] != stamp:  # another thread may have loaded it while this one waited
             if not folder.exists():
                 raise ModelNotFoundError(
                     f"no InstructUE model at {folder} (the folder named by INSTRUCTUE_MODEL, default "
@@ -74,8 +91,8 @@ def load_embedder(model_path: str | Path | None = None) -> Embedder:
             import instructue_plugin
 
             logger.info("loading the InstructUE model from %s", folder)
-            _embedders[key] = instructue_plugin.load(folder, variant=key[1])
-        return _embedders[key]
+            _embedders[key] = (stamp, instructue_plugin.load(folder, variant=key[1]))
+        return _embedders[key][1]
 
 
 def embed_on_read(inputs: Mapping[str, Sequence[Any]]) -> dict[str, list[list[float] | None]]:

@@ -17,9 +17,11 @@ How it reads the users, and why the offline store:
 Resume state (`<repo>/data/materialize_state.json`, written atomically after every batch), per instruction:
 the model's fingerprint (hash of its export manifest, or of its config and weights), the variant served
 (INSTRUCTUE_MODEL_VARIANT), the instruction text's hash, the users' fingerprint (ids and reading times), the
-batch size, and the number of batches done. A rerun continues each instruction where it stopped; when all match
-and are complete it writes nothing and says so; a changed model, variant, text, batch size or data restarts that
-instruction from its first batch (its earlier offline copy is removed only once the model has loaded).
+data's fingerprint (size and modification time of the six views' snapshot files), the batch size, and the number
+of batches done. A rerun continues each instruction where it stopped; when all match and are complete it writes
+nothing and says so; a changed model, variant, text, batch size or data restarts that instruction from its first
+batch (its earlier offline copy is removed only once the model has loaded). Rows of an instruction removed from
+the file stay in the online store until overwritten.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
-from . import EXPORT_MANIFEST, schema, settings
+from . import model_identity_files, schema, settings
 from .errors import ConfigError, ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -135,10 +137,8 @@ def model_fingerprint(model_path: Path) -> str:
             "model (`instructue train`) or an export (`instructue export`)"
         )
     digest = hashlib.sha256()
-    names = [EXPORT_MANIFEST] if (folder / EXPORT_MANIFEST).exists() else ["config.json", "model.safetensors"]
-    for name in names:
-        file = folder / name
-        digest.update(name.encode())
+    for file in model_identity_files(folder):
+        digest.update(file.name.encode())
         if file.exists():
             with file.open("rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
@@ -154,6 +154,28 @@ def _users_fingerprint(users: pa.Table) -> str:
     digest = hashlib.sha256()
     digest.update(users.column(schema.ENTITY_KEY).to_numpy().astype(np.int64).tobytes())
     digest.update(users.column(schema.TIMESTAMP_COLUMN).cast(pa.int64()).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _sources_fingerprint(store: FeatureStore, repo: Path) -> str:
+    """Identity of the six views' batch data: name, size and modification time of every file of each file source.
+
+    A source that is not a local file or folder (e.g. a warehouse table) adds only its name: a change in its
+    rows that keeps the users and their newest snapshot times is not seen (pass `force`).
+    """
+    digest = hashlib.sha256()
+    for name in schema.SOURCE_NAMES:
+        location = getattr(store.get_feature_view(name).batch_source, "path", None)
+        digest.update(name.encode())
+        path = Path(location) if location else None
+        if path is not None and not path.is_absolute():
+            path = repo / path
+        if path is None or not path.exists():
+            continue
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                status = file.stat()
+                digest.update(f"{file.relative_to(path.parent)}:{status.st_size}:{status.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -278,6 +300,7 @@ def materialize_embeddings(
     path = state_path(repo)
     state = {} if force else _read_state(path)
     users_id = _users_fingerprint(users)
+    data_id = _sources_fingerprint(store, repo)
     start: dict[str, int] = {}
     stale: list[str] = []
     for instruction in instructions:
@@ -286,6 +309,7 @@ def materialize_embeddings(
             "variant": settings.model_variant(),
             "text_sha256": _text_hash(instruction.text),
             "users": users_id,
+            "data": data_id,
             "batch_size": batch_size,
             "batches": batches,
         }

@@ -255,6 +255,18 @@ def test_rerun_with_nothing_changed_writes_nothing(applied_repo, model_dir, inst
     assert "nothing to do" in again.describe()
 
 
+def test_rebuilt_snapshots_with_the_same_times_are_not_up_to_date(
+    applied_repo, model_dir, instructions_file, snapshot_data_dir, materialized
+) -> None:
+    options = {"instructions_file": instructions_file, "model_path": model_dir, "batch_size": 16, "progress": False}
+    bill = snapshot_path(snapshot_data_dir, "bill")
+    status = bill.stat()  # a rebuild keeps the users and their snapshot times but rewrites the file
+    os.utime(bill, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+    rebuilt = materialize_embeddings(applied_repo, **options)
+    assert not rebuilt.nothing_to_do and rebuilt.written == materialized.written
+    assert materialize_embeddings(applied_repo, **options).nothing_to_do
+
+
 def test_changed_variant_is_not_up_to_date_and_a_model_that_fails_to_load_keeps_the_rows(
     applied_repo, store, model_dir, embedder, instructions_file, materialized, users, monkeypatch
 ) -> None:

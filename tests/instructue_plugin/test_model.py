@@ -321,3 +321,14 @@ def test_summary_token_averages_every_stored_item(model, rows):
     expected = vectors[[inputs.item_texts.index(t) for t in bill.summary_texts]].mean(0)
     np.testing.assert_allclose(table[summary_row], expected, rtol=1e-6)
     assert [inputs.item_texts[i] for i in inputs.item_index[0, positions[1:]]] == bill.texts
+
+
+def test_the_feature_views_embedder_is_reloaded_when_the_model_folder_is_replaced(model, tmp_path):
+    from instructue_plugin.feast_udf import load_embedder
+
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    first = load_embedder(folder)
+    assert load_embedder(folder) is first  # loaded once per process
+    model.save_pretrained(folder)  # a new model written into the same folder
+    assert load_embedder(folder) is not first
