@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .runner import BASELINES, GENERAL, INSTRUCTED
 
+PROFILE_ONLY_BASELINE = "profile_lr"  # reads no behaviour: injected noise cannot change it
+
 # DESIGN §8 quality targets.
 MIN_MARGIN = 0.03
 MIN_GAP_CLOSED = 0.60
@@ -57,6 +59,7 @@ class Summary(_Strict):
     tasks_instructed_beats_general: list[str]
     noise_loss_at_half: dict[str, float] | None = Field(None, alias="noise_loss_at_0.5")
     noise_loss_share: float | None = None
+    noise_reference_baseline: str | None = None  # the best baseline that reads the noised behaviour
     targets: dict[str, bool]
 
 
@@ -116,8 +119,12 @@ def headline(metrics: dict[str, Any], binary_tasks: list[str]) -> dict[str, Any]
     noise = metrics.get("noise", {})
     if "0" in noise and "0.5" in noise:
         loss = {m: noise["0"][m] - noise["0.5"][m] for m in noise["0"]}
+        # Measured against the best baseline that reads the behaviour the noise goes into: the profile-only
+        # baseline loses nothing, which would leave the share undefined wherever it is the best one.
+        reference = max((m for m in baselines if m != PROFILE_ONLY_BASELINE), key=baselines.get)
         out["noise_loss_at_0.5"] = loss
-        out["noise_loss_share"] = loss[INSTRUCTED] / loss[best] if loss[best] > 0 else float("nan")
+        out["noise_reference_baseline"] = reference
+        out["noise_loss_share"] = loss[INSTRUCTED] / loss[reference] if loss[reference] > 0 else float("nan")
     if oracle is None:
         # Real data has no oracle; DESIGN §8 asks there that instructed beat bag-of-items on each binary task.
         out["targets"] = {
@@ -132,7 +139,7 @@ def headline(metrics: dict[str, Any], binary_tasks: list[str]) -> dict[str, Any]
         >= MIN_TASKS_OVER_GENERAL,
     }
     if "noise_loss_share" in out:
-        out["targets"][f"noise loss at 50 % <= {MAX_NOISE_LOSS_SHARE:.0%} of best baseline's"] = bool(
+        out["targets"][f"noise loss at 50 % <= {MAX_NOISE_LOSS_SHARE:.0%} of the best behaviour baseline's"] = bool(
             out["noise_loss_share"] <= MAX_NOISE_LOSS_SHARE
         )
     return out

@@ -51,3 +51,18 @@ def test_a_wrong_shape_is_refused(tmp_path):
     with pytest.raises(ValidationError):
         write_report(bad, tmp_path / "report", binary_tasks=["fund_purchase", "churn"], title="t")
     assert not (tmp_path / "report").exists()  # nothing written
+
+
+def test_noise_loss_is_measured_against_the_best_baseline_that_reads_behaviour():
+    from training.evaluate.report import headline
+
+    metrics = _metrics(True)
+    for rate in ("0", "0.5"):  # the profile-only baseline is the best one and injected noise cannot touch it
+        metrics["noise"][rate]["profile_lr"] = 0.80
+    for task in ("fund_purchase", "churn"):
+        metrics["tasks"][task]["profile_lr"] = {"auc": 0.80, "ks": 0.4}
+    metrics["noise"]["0.5"]["instructue_instructed"] = 0.75 - 0.01
+    summary = headline(metrics, ["fund_purchase", "churn"])
+    assert summary["best_baseline"] == "profile_lr"
+    assert summary["noise_reference_baseline"] == "zero_shot_llm"  # the best of the others (0.72 - 0.025)
+    assert summary["noise_loss_share"] == pytest.approx(0.01 / 0.02)
