@@ -1,7 +1,7 @@
 """Does the int8 export keep the embeddings' quality? Probe AUC of int8 vs fp32 on the evaluation tasks.
 
 Both variants of one export embed the same evaluation users under each binary task's instruction and under
-none. DESIGN §8 asks for an AUC within 0.005 of fp32. Two protocols are reported:
+none (the synthetic tasks, or MovieLens's on a MovieLens folder). DESIGN §8 asks for an AUC within 0.005 of fp32. Two protocols are reported:
 
 - served: each fold's probe is fit on fp32 embeddings and scores the held-out users' fp32 and int8 embeddings,
   the situation of a downstream model trained once and then served the int8 variant; the difference is the int8
@@ -18,12 +18,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import roc_auc_score
+
+from instructue_plugin.errors import DataValidationError
 
 from .metrics import PROBE_SEED, binary_probe, fold_probes
 from .runner import BINARY_TASKS, EvalSettings, eval_rows
 
 MAX_AUC_DROP = 0.005
+
+
+def binary_tasks_of(labels: pd.DataFrame) -> list[str]:
+    """The binary evaluation tasks (synthetic or MovieLens) whose labels the frame holds.
+
+    Raises:
+        DataValidationError: none of them.
+    """
+    from ..movielens import BINARY_TASKS as MOVIELENS_BINARY_TASKS
+
+    tasks = [t for t in (*BINARY_TASKS, *MOVIELENS_BINARY_TASKS) if t in labels.columns]
+    if not tasks:
+        known = ", ".join((*BINARY_TASKS, *MOVIELENS_BINARY_TASKS))
+        raise DataValidationError(
+            f"the labels hold none of the binary tasks ({known}); columns: {list(labels.columns)}"
+        )
+    return tasks
 
 
 def int8_probe_parity(
@@ -35,10 +55,11 @@ def int8_probe_parity(
     from ..instructions import task_instructions
 
     labels, features = eval_rows(EvalSettings(data=data_dir, model=export_dir, max_users=max_users))
+    tasks = binary_tasks_of(labels)
     variants = {v: OnnxEmbedder.from_export(export_dir, variant=v) for v in ("fp32", "int8")}
     rows: dict[str, dict[str, Any]] = {}
     cosines = []
-    for task in BINARY_TASKS:
+    for task in tasks:
         for kind, instruction in (("instructed", task_instructions(task)["canonical"][0]), ("general", None)):
             vectors = {v: e.embed(features, instruction) for v, e in variants.items()}
             both = np.isfinite(vectors["fp32"]).all(1) & np.isfinite(vectors["int8"]).all(1)

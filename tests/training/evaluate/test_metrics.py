@@ -92,3 +92,16 @@ def test_ranking_probe_learns_a_separable_multiclass_task():
     features = np.array([centers[label] for label in labels]) + rng.normal(size=(300, 2))
     assert ranking_probe(features, labels, k=1)["recall_at_k"] > 0.85
     assert ranking_probe(features, labels, k=4)["recall_at_k"] == pytest.approx(1.0)
+
+
+def test_int8_parity_measures_the_binary_tasks_the_labels_hold():
+    import pandas as pd
+
+    from instructue_plugin.errors import DataValidationError
+    from training.evaluate.variant_parity import binary_tasks_of
+
+    synthetic = pd.DataFrame(columns=["user_id", "fund_purchase", "churn", "next_category"])
+    assert binary_tasks_of(synthetic) == ["fund_purchase", "churn"]
+    assert binary_tasks_of(pd.DataFrame(columns=["user_id", "gender", "age_bracket"])) == ["gender", "age_bracket"]
+    with pytest.raises(DataValidationError, match="none of the binary tasks"):
+        binary_tasks_of(pd.DataFrame(columns=["user_id", "next_genre"]))
