@@ -1,7 +1,8 @@
 """Does the int8 export keep the embeddings' quality? Probe AUC of int8 vs fp32 on the evaluation tasks.
 
 Both variants of one export embed the same evaluation users under each binary task's instruction and under
-none (the synthetic tasks, or MovieLens's on a MovieLens folder). DESIGN §8 asks for an AUC within 0.005 of fp32. Two protocols are reported:
+none (the synthetic tasks, or MovieLens's on a MovieLens folder). DESIGN §8 asks for an AUC within 0.005 of
+fp32. Two protocols are reported:
 
 - served: each fold's probe is fit on fp32 embeddings and scores the held-out users' fp32 and int8 embeddings,
   the situation of a downstream model trained once and then served the int8 variant; the difference is the int8
