@@ -96,10 +96,27 @@ def raw_events(data_dir: Path, source: str, *, user_ids: list[int] | None = None
     if user_ids is not None:
         con.register("wanted", pd.DataFrame({ENTITY_KEY: list(user_ids)}))
         where = f"WHERE {ENTITY_KEY} IN (SELECT {ENTITY_KEY} FROM wanted)"
-    query = f"SELECT * FROM read_parquet({_sql_list(files)}) {where} ORDER BY {ENTITY_KEY}, {TIMESTAMP_COLUMN}"
+    time = _utc_time(con, files)
+    # Events at the same time keep the log's own order (file, then row), so answers built from them are stable.
+    query = (
+        f"SELECT * EXCLUDE (filename, file_row_number) REPLACE ({time} AS {TIMESTAMP_COLUMN}) "
+        f"FROM read_parquet({_sql_list(files)}, filename = true, file_row_number = true) {where} "
+        f"ORDER BY {ENTITY_KEY}, {TIMESTAMP_COLUMN}, filename, file_row_number"
+    )
     events = con.execute(query).df()
     con.close()
     return events
+
+
+def _utc_time(con: duckdb.DuckDBPyConnection, files: list[Path]) -> str:
+    """SQL for the raw files' event time as a UTC timestamp, in each form `instructue snapshots` reads: a zoned
+    timestamp, a naive one (UTC), a date, or unix seconds as a number."""
+    kind = con.execute(f"DESCRIBE SELECT {TIMESTAMP_COLUMN} FROM read_parquet({_sql_list(files)})").fetchone()[1]
+    if kind.endswith("WITH TIME ZONE"):
+        return TIMESTAMP_COLUMN
+    if kind.startswith(("TIMESTAMP", "DATE")):
+        return f"timezone('UTC', CAST({TIMESTAMP_COLUMN} AS TIMESTAMP))"
+    return f"to_timestamp(CAST({TIMESTAMP_COLUMN} AS DOUBLE))"
 
 
 def last_event_time(data_dir: Path) -> pd.Timestamp:
@@ -108,7 +125,7 @@ def last_event_time(data_dir: Path) -> pd.Timestamp:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     newest = [
-        con.execute(f"SELECT max({TIMESTAMP_COLUMN}) FROM read_parquet({_sql_list(files)})").fetchone()[0]
+        con.execute(f"SELECT max({_utc_time(con, files)}) FROM read_parquet({_sql_list(files)})").fetchone()[0]
         for files in (raw_files(raw, source.name) for source in SEQUENCE_SOURCES)
         if files
     ]

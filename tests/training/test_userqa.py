@@ -6,7 +6,7 @@ import shutil
 
 import pandas as pd
 
-from training.data import raw_events
+from training.data import last_event_time, raw_events
 from training.userqa import build_userqa, cutoff_candidates
 
 
@@ -32,3 +32,21 @@ def test_raw_logs_as_single_files_or_missing_sources(small_data, tmp_path):
     assert app.empty and {"user_id", "event_timestamp"} <= set(app.columns)
     triplets = build_userqa(data, seed=0, progress=False)
     assert len(triplets) > 0 and triplets["answer"].str.len().min() > 0
+
+
+def test_raw_times_as_naive_timestamps_or_unix_seconds_read_as_utc(small_data, tmp_path):
+    data = shutil.copytree(small_data, tmp_path / "data")
+    bill, search = raw_events(data, "bill"), raw_events(data, "search")
+    newest = last_event_time(data)
+    for source, to_plain in (
+        ("bill", lambda t: t.dt.tz_localize(None)),  # naive: UTC, as `instructue snapshots` reads it
+        ("search", lambda t: t.astype("int64") / 1e6),  # unix seconds as a float (times are whole microseconds)
+    ):
+        folder = data / "raw" / source
+        for part in sorted(folder.glob("*.parquet")):
+            frame = pd.read_parquet(part)
+            frame["event_timestamp"] = to_plain(frame["event_timestamp"].dt.as_unit("us"))
+            frame.to_parquet(part)
+    pd.testing.assert_frame_equal(raw_events(data, "bill"), bill, check_dtype=False)
+    pd.testing.assert_frame_equal(raw_events(data, "search"), search, check_dtype=False)
+    assert last_event_time(data) == newest
