@@ -232,7 +232,11 @@ def train_users(data_dir: Path) -> list[int]:
 
 
 def cutoff_candidates(data_dir: Path) -> list[pd.Timestamp]:
-    """Snapshot times (of any source) followed by a full 30-day window inside the raw logs."""
+    """Snapshot times (of any source) followed by a full 30-day window inside the raw logs.
+
+    The logs count as reaching one day past their newest event: a log that ends at a window's last day rarely
+    has an event in its last second.
+    """
     last_event = last_event_time(data_dir)
     candidates = [t for t in snapshot_times(data_dir) if t + FUTURE_WINDOW <= last_event + timedelta(days=1)]
     if not candidates:

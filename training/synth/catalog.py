@@ -322,7 +322,6 @@ PAGE_PATHS = _build(
     {c: [f"home.{sec}.{p}.{a}" for p in pages for a in acts] for c, (sec, pages, acts) in _PAGE_SECTIONS.items()},
 )
 QUERIES = _build("query", {c: _queries(c) for c in CATEGORIES})
-QUERY_TEMPLATE_COUNT = len(_SHARED_TEMPLATES) * len(CATEGORIES) + sum(len(t) for t in _CATEGORY_TEMPLATES.values())
 
 # The primary catalog of each sequence source (its item decides the event's category).
 PRIMARY: dict[str, ItemCatalog] = {
