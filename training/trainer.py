@@ -118,6 +118,11 @@ class TrainingStep(nn.Module):
         return losses
 
 
+# What a run writes before its first checkpoint: a folder holding only these belongs to a run that stopped while
+# building UserQA or encoding items, and a new run may start there.
+UNSTARTED_RUN_FILES = frozenset({"userqa.parquet", "userqa.instructions.json"})
+
+
 def sample_batch(
     by_family: dict[str, np.ndarray], rng: np.random.Generator, *, batch_size: int, families: int
 ) -> np.ndarray:
@@ -221,10 +226,17 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
 
     out = Path(config.out)
     checkpoint_path = out / "checkpoint" / CHECKPOINT_FILE
-    if out.exists() and any(out.iterdir()) and not config.resume:
-        raise ConfigError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+    if out.exists() and not config.resume:
+        present = {p.name for p in out.iterdir()}
+        if present - UNSTARTED_RUN_FILES:
+            raise ConfigError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+        for name in present:  # a run stopped before its first checkpoint: start afresh (its UserQA is rebuilt)
+            (out / name).unlink()
     if config.resume and not checkpoint_path.exists():
-        raise ConfigError(f"--resume given but {checkpoint_path} does not exist")
+        raise ConfigError(
+            f"--resume given but {checkpoint_path} does not exist (a run stopped before its first checkpoint "
+            "starts afresh without --resume)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     # Under DDP some trainable parameters get no gradient in a step (e.g. the head with --loss ar).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)

@@ -84,6 +84,19 @@ def test_resume_continues_exactly(small_data, small_userqa, tmp_path):
     assert (straight / "losses.png").exists()
 
 
+def test_a_run_stopped_before_its_first_checkpoint_starts_afresh(small_data, small_userqa, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "userqa.parquet").write_text("left by a run interrupted while building UserQA")
+    with pytest.raises(ConfigError, match="starts afresh without --resume"):
+        train(_config(small_data, small_userqa, out, resume=True), progress=False)
+    train(_config(small_data, small_userqa, out), progress=False)
+    assert (out / "model.safetensors").exists() and not (out / "userqa.parquet").exists()
+    (out / "notes.txt").write_text("anything else is another run's")
+    with pytest.raises(ConfigError, match="not empty"):
+        train(_config(small_data, small_userqa, out), progress=False)
+
+
 def test_resume_refuses_other_settings_and_warns_of_a_schedule_restart(small_data, small_userqa, tmp_path, caplog):
     out = tmp_path / "run"
     train(_config(small_data, small_userqa, out), progress=False)
