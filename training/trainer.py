@@ -334,6 +334,8 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         disable=not (progress and accelerator.is_main_process),
     )
 
+    applied = [start_step]  # optimizer steps in the weights (on a GPU the record's .item() waits for them)
+
     def _train_step(step: int) -> dict[str, float]:
         """One optimizer step on the batch of `step`; returns its record."""
         rng = np.random.default_rng([config.seed, step, accelerator.process_index])
@@ -359,6 +361,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         accelerator.clip_grad_norm_([*trainable_lora, *trainable_new], config.grad_clip)
         optimizer.step()
         scheduler.step()
+        applied[0] = step + 1  # from here the weights hold this step, even if an interrupt stops its record
 
         record = {k: v.item() for k, v in losses.items()}
         record.update(step=step + 1, lr=scheduler.get_last_lr()[0], seconds=seconds_before + time.monotonic() - started)
@@ -366,7 +369,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         return record
 
     def completed() -> int:
-        return history[-1]["step"] if history else start_step
+        return applied[0]
 
     try:
         for step in bar:

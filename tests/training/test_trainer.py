@@ -84,6 +84,30 @@ def test_resume_continues_exactly(small_data, small_userqa, tmp_path):
     assert (straight / "losses.png").exists()
 
 
+def test_an_interrupt_after_the_update_but_before_its_record_resumes_exactly(
+    small_data, small_userqa, tmp_path, monkeypatch
+):
+    straight = train(_config(small_data, small_userqa, tmp_path / "straight"), progress=False)
+    calls = {"n": 0}
+    real = torch.optim.lr_scheduler.LambdaLR.get_last_lr
+
+    def interrupted_record(self):  # step 2's record is read after its update (on a GPU, .item() waits there)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self)
+
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.optim.lr_scheduler.LambdaLR, "get_last_lr", interrupted_record)
+        with pytest.raises(KeyboardInterrupt):
+            train(_config(small_data, small_userqa, out), progress=False)
+    assert torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=False)["step"] == 2
+    train(_config(small_data, small_userqa, out, resume=True), progress=False)
+    a, b = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_a_run_stopped_before_its_first_checkpoint_starts_afresh(small_data, small_userqa, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
