@@ -18,18 +18,20 @@ logger = logging.getLogger(__name__)
 
 CACHE_VECTORS_FILE = "item_cache.npy"
 CACHE_TEXTS_FILE = "item_cache.json"
+DEFAULT_MAX_BYTES = 512 * 2**20  # vectors kept beyond a loaded catalog: 349,525 texts of all-MiniLM-L6-v2
 
 
 class ItemVectorCache:
     """A thread-safe map from item text to its (D,) float32 vector, growing as new texts are seen.
 
-    Beyond `max_entries` texts, new texts are still encoded but no longer kept (logged once), so memory stays
-    bounded under an unbounded stream of unseen items (free-text search queries, say).
+    Beyond `max_entries` texts (default: as many as fit in `DEFAULT_MAX_BYTES`, and at least the catalog loaded
+    with the model), new texts are still encoded but no longer kept (logged once), so memory stays bounded under
+    an unbounded stream of unseen items (free-text search queries, say).
     """
 
-    def __init__(self, *, dim: int, max_entries: int = 2_000_000) -> None:
+    def __init__(self, *, dim: int, max_entries: int | None = None) -> None:
         self.dim = dim
-        self.max_entries = max_entries
+        self.max_entries = max_entries if max_entries is not None else max(1, DEFAULT_MAX_BYTES // (4 * dim))
         self._index: dict[str, int] = {}  # text -> its row of `_vectors`
         self._vectors = np.zeros((0, dim), dtype=np.float32)  # rows beyond len(_index) are spare capacity
         self._lock = threading.Lock()
@@ -113,5 +115,6 @@ class ItemVectorCache:
                 "item cache in %s has vectors of shape %s for %s texts: ignored", folder, vectors.shape, count
             )
             return cache
+        cache.max_entries = max(cache.max_entries, count)  # the saved catalog is kept whole
         cache.add(texts, vectors)
         return cache

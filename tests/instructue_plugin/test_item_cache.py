@@ -84,3 +84,18 @@ def test_damaged_cache_files_give_an_empty_cache_with_a_warning(tmp_path, caplog
         loaded = ItemVectorCache.load(tmp_path, dim=8 if damage == "wrong dim" else 4)
     assert len(loaded) == 0
     assert "item cache in" in caplog.text and "ignored" in caplog.text
+
+
+def test_the_default_bound_is_a_memory_budget_that_never_cuts_the_saved_catalog(tmp_path, monkeypatch):
+    from instructue_plugin import item_cache
+
+    assert ItemVectorCache(dim=384).max_entries * 384 * 4 <= item_cache.DEFAULT_MAX_BYTES
+    monkeypatch.setattr(item_cache, "DEFAULT_MAX_BYTES", 2 * 4 * 4)  # room for two vectors of dim 4
+    catalog = ["a", "b", "c"]
+    saved = ItemVectorCache(dim=4, max_entries=10)
+    saved.add(catalog, vectors_for(catalog))
+    saved.save(tmp_path)
+    loaded = ItemVectorCache.load(tmp_path, dim=4)
+    assert len(loaded) == 3  # the catalog precomputed at export is kept whole
+    loaded.add(["d"], vectors_for(["d"]))
+    assert len(loaded) == 3  # texts seen while serving are not kept beyond the bound
