@@ -115,8 +115,13 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             f"{SCHEMA_HASH}; retrain the model on data with the current feature definitions and export it again"
         )
     files = manifest.get("files")
-    if not isinstance(files, dict) or USER_GRAPH_FILE not in files or ITEM_GRAPH_FILE not in files:
-        raise CorruptModelError(f"{path} lists no graph files; {hint}")
+    needed = (USER_GRAPH_FILE, ITEM_GRAPH_FILE, LLM_TOKENIZER_FILE, ITEM_TOKENIZER_FILE)
+    unlisted = [name for name in needed if not isinstance(files, dict) or name not in files]
+    if unlisted:
+        raise CorruptModelError(f"{path} does not list {', '.join(unlisted)}; {hint}")
+    item_dim = manifest.get("item_dim")
+    if not isinstance(item_dim, int) or isinstance(item_dim, bool) or item_dim < 1:
+        raise CorruptModelError(f"{path} has no valid item_dim (got {item_dim!r}); {hint}")
     for name, expected in files.items():
         file = folder / name
         if not file.is_file():

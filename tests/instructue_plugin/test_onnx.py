@@ -210,6 +210,24 @@ def test_invalid_model_configuration_in_the_manifest_is_refused(export_dir, tmp_
         instructue_plugin.load(copy)
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda m: m["files"].pop("llm_tokenizer.json"), r"does not list llm_tokenizer\.json"),
+        (lambda m: m.pop("item_dim"), "no valid item_dim"),
+        (lambda m: m.update(item_dim="384"), "no valid item_dim"),
+    ],
+    ids=["unlisted tokenizer", "no item_dim", "item_dim as text"],
+)
+def test_an_incomplete_manifest_is_refused(export_dir, tmp_path, damage, message):
+    copy = shutil.copytree(export_dir, tmp_path / "export")
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    damage(manifest)
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(CorruptModelError, match=message):
+        instructue_plugin.load(copy)
+
+
 @pytest.mark.skipif(gpu_status()[0], reason="this machine has a GPU")
 def test_without_gpu_sessions_run_on_cpu_and_one_warning_says_why(export_dir, caplog):
     clear_session_cache()
