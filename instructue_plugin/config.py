@@ -65,7 +65,14 @@ class ModelConfig(BaseModel):
     padding_side: Literal["right", "left"] = "right"
     seed: int = 0
 
-    @field_validator("max_items_per_source", "profile_tokens", "max_instruction_tokens", "embedding_dim")
+    @field_validator(
+        "max_items_per_source",
+        "profile_tokens",
+        "max_item_tokens",
+        "max_instruction_tokens",
+        "max_answer_tokens",
+        "embedding_dim",
+    )
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

@@ -332,3 +332,12 @@ def test_the_feature_views_embedder_is_reloaded_when_the_model_folder_is_replace
     assert load_embedder(folder) is first  # loaded once per process
     model.save_pretrained(folder)  # a new model written into the same folder
     assert load_embedder(folder) is not first
+
+
+@pytest.mark.parametrize("field", ["max_item_tokens", "max_instruction_tokens", "max_answer_tokens"])
+def test_token_budgets_below_one_are_refused(field):
+    from pydantic import ValidationError
+
+    tiny = config_for_preset("tiny")
+    with pytest.raises(ValidationError, match=f"{field}[\\s\\S]*must be >= 1"):
+        type(tiny).model_validate({**tiny.model_dump(), field: 0})
