@@ -184,7 +184,8 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
         One `UserBehaviour` per input row, in order.
 
     Raises:
-        DataValidationError: partially present sources, ragged lists, non-numeric numeric values.
+        DataValidationError: no column of the six views, partially present sources, a sequence cell that is not
+            a list, ragged lists, non-numeric numeric values.
     """
     features = short_column_names(features)
     rows = num_rows(features)
