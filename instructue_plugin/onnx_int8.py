@@ -149,7 +149,7 @@ def quantize_int8(
         Matmuls quantized and kept in fp32.
 
     Raises:
-        ConfigError: a `keep_fp32` name matches no matmul of the graph.
+        ConfigError: a `keep_fp32` name other than the default's matches no matmul of the graph.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -162,8 +162,10 @@ def quantize_int8(
     weighted = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constants]
     excluded = [name for name in weighted if any(fragment in name for fragment in keep_fp32)]
     unmatched = [fragment for fragment in keep_fp32 if not any(fragment in name for name in weighted)]
-    if unmatched:
+    if unmatched and tuple(keep_fp32) != DEFAULT_KEEP_FP32:
         raise ConfigError(f"--int8-keep-fp32 {', '.join(unmatched)}: no matmul of the user graph has that name")
+    if unmatched:  # a backbone that names its layers otherwise: the default keeps nothing
+        logger.info("no matmul named %s in this graph: every projection is quantized", ", ".join(unmatched))
     prepared = scratch / "prepared.onnx"
     onnx.save_model(model, str(prepared), save_as_external_data=large, location="prepared.onnx.data")
     del model

@@ -130,6 +130,18 @@ def test_int8_can_keep_named_projections_in_fp32(export_dir, tmp_path):
         quantize_int8(export_dir / USER_GRAPH_FILE, tmp_path / "x.onnx", tmp_path, keep_fp32=("no_such_proj",))
 
 
+def test_the_default_fp32_projection_is_optional_for_backbones_that_name_layers_otherwise(
+    export_dir, tmp_path, monkeypatch
+):
+    from instructue_plugin import onnx_int8
+
+    monkeypatch.setattr(onnx_int8, "DEFAULT_KEEP_FP32", ("transformer.h.0/mlp/c_proj",))  # a GPT-2-style name
+    counts = onnx_int8.quantize_int8(
+        export_dir / USER_GRAPH_FILE, tmp_path / "int8.onnx", tmp_path, keep_fp32=onnx_int8.DEFAULT_KEEP_FP32
+    )
+    assert counts["kept_fp32"] == 0 and counts["quantized"] > 0
+
+
 def test_int8_variant_stays_close(export_dir, torch_embedder, rows):
     int8 = OnnxEmbedder.from_export(export_dir, variant="int8")
     assert int8.providers == ["CPUExecutionProvider"]
