@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from .example_inputs import example_feature_rows, item_inputs, random_graph_inpu
 from .featurize import featurize
 from .item_cache import CACHE_TEXTS_FILE, ItemVectorCache
 from .manifest import (
+    EXPORT_FORMAT,
     ITEM_GRAPH_FILE,
     ITEM_OUTPUT,
     ITEM_TOKENIZER_FILE,
@@ -325,11 +327,18 @@ def _torch_run(module: Any, arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _max_diff(session: Any, output: str, module: Any, cases: list[dict[str, np.ndarray]]) -> float:
-    feeds = [{i.name: case[i.name] for i in session.get_inputs()} for case in cases]
-    return max(
-        float(np.abs(session.run([output], feed)[0] - _torch_run(module, case)).max())
-        for feed, case in zip(feeds, cases, strict=True)
-    )
+    """Largest absolute difference between onnxruntime and PyTorch over `cases`: inf for a shape mismatch, NaN
+    if either side gives a non-finite value (which no tolerance accepts)."""
+    worst = 0.0
+    for case in cases:
+        got = session.run([output], {i.name: case[i.name] for i in session.get_inputs()})[0]
+        want = _torch_run(module, case)
+        if got.shape != want.shape:
+            return math.inf
+        if not (np.isfinite(got).all() and np.isfinite(want).all()):
+            return math.nan
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
 
 
 def _parity_cases(reference: Any, catalog: list[str], parity_features: Any | None) -> tuple[list, list, list, list]:
@@ -426,8 +435,10 @@ def export_model(
 
     say = progress or (lambda message: logger.info("%s", message))
     model_dir, out_dir = Path(model_dir).expanduser(), Path(out_dir).expanduser()
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).exists():
+    if out_dir.exists() and any(out_dir.iterdir()) and not _is_export_folder(out_dir):
         raise ExportError(f"{out_dir} exists and is not an export folder; choose another --out or empty it")
+    if out_dir.is_symlink() or out_dir.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        raise ExportError(f"{out_dir} is a link or holds the working directory; choose another --out")
     started = time.perf_counter()
     say(f"loading {model_dir}")
     reference = InstructUEModel.from_pretrained(model_dir)  # as trained: unmerged LoRA, sdpa attention
@@ -443,6 +454,7 @@ def export_model(
         say(f"{len(fp16_safe_norms)} RMSNorms see activations that overflow fp16: exported in an fp16-safe form")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the export from a server running as another user
     try:
         with tempfile.TemporaryDirectory() as scratch:
             used, fallback_reason, parity = _export_both(
@@ -514,6 +526,14 @@ def export_model(
     return out_dir
 
 
+def _is_export_folder(folder: Path) -> bool:
+    """Whether `folder` holds an InstructUE export (its manifest says so), which a new export may replace."""
+    try:
+        return json.loads((folder / MANIFEST_FILE).read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _export_int8(
     export_copy: Any,
     folder: Path,
@@ -545,7 +565,7 @@ def _export_int8(
     return int8_parity(folder, random_users, real_users) | {
         "smoothed": smoothed,
         "smoothing_alpha": SMOOTHING_ALPHA,
-        "matmuls": kept | {"kept_fp32_names": list(keep_fp32)},
+        "matmuls": kept | {"kept_fp32_requested": list(keep_fp32)},
     }
 
 
@@ -637,7 +657,8 @@ def _export_checked(
         },
     }
     for graph in ("user_embedding", "item_encoder"):
-        worst = max(parity[graph]["random_max_abs_diff"], parity[graph]["real_max_abs_diff"])
+        diffs = (parity[graph]["random_max_abs_diff"], parity[graph]["real_max_abs_diff"])
+        worst = math.nan if any(math.isnan(d) for d in diffs) else max(diffs)
         if not worst <= tolerance:  # also catches NaN
             raise ExportParityError(
                 f"{graph} ({exporter} exporter): onnxruntime differs from PyTorch by {worst:.3g} > {tolerance:g} "

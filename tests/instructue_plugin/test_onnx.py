@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import shutil
 import subprocess
 import sys
@@ -91,9 +92,11 @@ def test_manifest_describes_the_export(export_dir, model_dir):
         assert parity[graph]["random_max_abs_diff"] <= 1e-4 and parity[graph]["real_max_abs_diff"] <= 1e-4
     assert parity["user_embedding_int8"]["real_min_cosine"] >= 0.99
     assert parity["user_embedding_int8"]["smoothed"] == {"attention_input": 2, "mlp_input": 2, "mlp_inner": 2}
+    assert export_dir.stat().st_mode & 0o777 == 0o755  # readable by a server running as another user
     # 2 layers x 7 projections: by default all but the first layer's down projection are quantized.
     matmuls = parity["user_embedding_int8"]["matmuls"]
-    assert matmuls["kept_fp32"] == 1 and matmuls["kept_fp32_names"] == ["layers.0/mlp/down_proj"]
+    assert matmuls["kept_fp32"] == 1 and matmuls["kept_fp32_requested"] == ["layers.0/mlp/down_proj"]
+    assert [n for n in matmuls["kept_fp32_nodes"] if "layers.0/mlp/down_proj" in n] == matmuls["kept_fp32_nodes"]
     assert matmuls["quantized"] >= 13
     catalog = json.loads((model_dir / "item_cache.json").read_text())
     assert parity["item_encoder"]["catalog"]["texts"] == len(catalog) > 0
@@ -125,7 +128,7 @@ def test_int8_can_keep_named_projections_in_fp32(export_dir, tmp_path):
     assert down and all(n.op_type == "MatMul" for n in down)  # plain fp32 matmuls
     assert any(n.op_type == "MatMulInteger" and "up_proj" in n.name for n in nodes)
     everything = quantize_int8(export_dir / USER_GRAPH_FILE, tmp_path / "all.onnx", tmp_path, keep_fp32=())
-    assert everything == {"quantized": counts["quantized"] + 2, "kept_fp32": 0}
+    assert everything == {"quantized": counts["quantized"] + 2, "kept_fp32": 0, "kept_fp32_nodes": []}
     with pytest.raises(ConfigError, match="no_such_proj"):
         quantize_int8(export_dir / USER_GRAPH_FILE, tmp_path / "x.onnx", tmp_path, keep_fp32=("no_such_proj",))
 
@@ -139,7 +142,7 @@ def test_the_default_fp32_projection_is_optional_for_backbones_that_name_layers_
     counts = onnx_int8.quantize_int8(
         export_dir / USER_GRAPH_FILE, tmp_path / "int8.onnx", tmp_path, keep_fp32=onnx_int8.DEFAULT_KEEP_FP32
     )
-    assert counts["kept_fp32"] == 0 and counts["quantized"] > 0
+    assert counts["kept_fp32"] == 0 and counts["kept_fp32_nodes"] == [] and counts["quantized"] > 0
 
 
 def test_int8_variant_stays_close(export_dir, torch_embedder, rows):
@@ -192,6 +195,33 @@ def test_export_refuses_a_folder_that_is_not_an_export(model_dir, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ExportError, match="not an export folder"):
         export_model(model_dir, tmp_path)
+    (tmp_path / "manifest.json").write_text('{"name": "my web app"}')  # another tool's manifest
+    with pytest.raises(ExportError, match="not an export folder"):
+        export_model(model_dir, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "notes.txt"]
+
+
+def test_parity_counts_a_non_finite_output_in_any_case_as_a_failure():
+    from instructue_plugin.onnx_export import _max_diff
+
+    class Session:  # onnxruntime's side: finite for the first case, NaN for the second
+        def __init__(self, outputs):
+            self.outputs = iter(outputs)
+
+        def get_inputs(self):
+            return [type("Input", (), {"name": "x"})()]
+
+        def run(self, names, feed):
+            return [next(self.outputs)]
+
+    cases = [{"x": np.zeros((2, 3), np.float32)}, {"x": np.ones((2, 3), np.float32)}]
+
+    def same(x):  # PyTorch's side: the input itself
+        return x
+
+    assert _max_diff(Session([c["x"] for c in cases]), "y", same, cases) == 0.0
+    assert math.isnan(_max_diff(Session([cases[0]["x"], np.full((2, 3), np.nan, np.float32)]), "y", same, cases))
+    assert _max_diff(Session([c["x"][:1] for c in cases]), "y", same, cases) == math.inf  # a shape mismatch
 
 
 def test_tampered_file_is_refused(export_dir, tmp_path):
