@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from instructue_plugin import settings
+from instructue_plugin.errors import ConfigError
 from instructue_plugin.schema import SEQUENCE_SOURCES
 
 from .data import features_asof, read_labels
@@ -37,7 +38,8 @@ QUESTION = "What does this user mostly spend on?"
 
 @dataclass(frozen=True)
 class DemoPaths:
-    """Where the demo writes: the documented defaults of INSTRUCTUE_DATA and INSTRUCTUE_MODEL."""
+    """Where the demo writes: the checkout's `data/demo` and `models/demo` (the defaults of INSTRUCTUE_DATA and
+    INSTRUCTUE_MODEL), whatever those variables say, so that the demo never overwrites a user's own data or model."""
 
     data: Path
     model: Path
@@ -49,9 +51,9 @@ class DemoPaths:
     def default(cls) -> DemoPaths:
         root = settings.PROJECT_ROOT
         return cls(
-            data=settings.data_dir(),
+            data=settings.DEFAULT_DATA_DIR,
             model=root / "models" / "demo" / "model",
-            export=settings.model_dir(),
+            export=settings.DEFAULT_MODEL_DIR,
             repo=root / "feast_repo",
             report=root / "reports" / "demo",
         )
@@ -130,7 +132,9 @@ def run_demo(
     done = _step(echo, f"5. feast apply + materialize ({paths.repo})")
     env = dict(os.environ, INSTRUCTUE_DATA=str(paths.data), INSTRUCTUE_MODEL=str(paths.export))
     feast = str(Path(sys.executable).with_name("feast"))
-    subprocess.run([feast, "apply"], cwd=paths.repo, env=env, check=True, capture_output=True, text=True)
+    applied = subprocess.run([feast, "apply"], cwd=paths.repo, env=env, capture_output=True, text=True)
+    if applied.returncode != 0:
+        raise ConfigError(f"`feast apply` failed in {paths.repo}:\n{(applied.stderr or applied.stdout)[-2000:]}")
     store = open_store(paths.repo)
     now = datetime.now(UTC)
     views = [s.name for s in SEQUENCE_SOURCES] + ["profile"]

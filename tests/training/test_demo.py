@@ -43,3 +43,13 @@ def test_demo_runs_every_step_and_shows_two_users(tmp_path, monkeypatch):
     again: list[str] = []
     run_demo(echo=again.append, paths=paths, preset="tiny", users=300, steps=3, eval_users=120)
     assert "nothing to do" in "\n".join(again).lower()
+
+
+def test_the_demo_writes_its_own_folders_whatever_the_environment_names(tmp_path, monkeypatch):
+    from instructue_plugin import settings
+
+    monkeypatch.setenv("INSTRUCTUE_DATA", str(tmp_path / "my-data"))  # a user's own data and model
+    monkeypatch.setenv("INSTRUCTUE_MODEL", str(tmp_path / "my-model"))
+    paths = DemoPaths.default()
+    assert paths.data == settings.DEFAULT_DATA_DIR and paths.export == settings.DEFAULT_MODEL_DIR
+    assert all(tmp_path not in p.parents for p in (paths.data, paths.model, paths.export, paths.report))
