@@ -67,6 +67,17 @@ def _names(comma_separated: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in comma_separated.split(",") if name.strip())
 
 
+def _positive_ints(comma_separated: str, *, option: str) -> tuple[int, ...]:
+    """The items of a comma-separated option of positive integers."""
+    try:
+        values = tuple(int(v) for v in _names(comma_separated))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"{option} must be comma-separated positive integers, got {comma_separated!r}")
+    return values
+
+
 def _int8_keep_fp32(option: str | None) -> tuple[str, ...]:
     """The projections `--int8-keep-fp32` names, or the export's default when the option is not given."""
     if option is None:
@@ -83,7 +94,10 @@ def _user_features(data: Path, users: str, at: str | None) -> tuple[list[int], A
     from training.data import LATEST, features_asof
 
     ids = _parse_users(users)
-    when = pd.Timestamp(at, tz="UTC") if at else LATEST
+    try:
+        when = pd.Timestamp(at, tz="UTC") if at else LATEST
+    except ValueError:  # pandas' DateParseError is a ValueError
+        raise typer.BadParameter(f"--at must be a date or time such as 2026-06-30T00:00:00, got {at!r}") from None
     return ids, features_asof(data, pd.DataFrame({"user_id": ids, "event_timestamp": [when] * len(ids)}))
 
 
@@ -350,7 +364,7 @@ def bench_embed(
 
     result = run(
         presets=_names(presets),
-        batches=tuple(int(b) for b in batches.split(",") if b.strip()),
+        batches=_positive_ints(batches, option="--batches"),
         int8_keep_fp32=_int8_keep_fp32(int8_keep_fp32),
         report_path=report,
         progress=typer.echo,
