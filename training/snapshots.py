@@ -524,8 +524,9 @@ def build_snapshots(
     existing = [p for p in targets.values() if p.exists()]
     if existing and not overwrite:
         raise DataValidationError(f"snapshot tables already exist in {snap_dir}; pass overwrite=True to replace them")
-    for path in existing:
-        path.unlink()
+    # Tables are written beside their targets and moved into place once all six are complete: a build that
+    # fails (bad raw data, an interrupt) leaves the previous tables as they were.
+    partial = {name: path.with_name(path.name + ".partial") for name, path in targets.items()}
     snap_dir.mkdir(parents=True, exist_ok=True)
     spill_dir = out_dir / ".snapshots-tmp"
     shutil.rmtree(spill_dir, ignore_errors=True)
@@ -558,15 +559,19 @@ def build_snapshots(
         for name, spill in spills.items():
             source = SEQUENCE_BY_NAME.get(name)
             schema = snapshot_schema(source) if source else profile_schema()
-            with pq.ParquetWriter(targets[name], schema) as writer:
+            with pq.ParquetWriter(partial[name], schema) as writer:
                 bar = tqdm(total=spill.rows, desc=f"snapshots {name}", unit="ev", disable=not progress)
                 for table in spill.buckets():
                     for rows in _bucket_rows(name, table, times_us, max_items):
                         writer.write_table(rows)
                     bar.update(table.num_rows)
                 bar.close()
+        for name, path in targets.items():
+            partial[name].replace(path)
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
+        for path in partial.values():
+            path.unlink(missing_ok=True)
     return targets
 
 

@@ -222,3 +222,17 @@ def test_snapshot_chunk_gives_empty_lists_to_users_without_events():
     )
     assert table.column("search_query").to_pylist() == [[], [], ["a"], []]
     assert table.column("search_ts").to_pylist() == [[], [], [5], []]
+
+
+def test_a_failed_rebuild_keeps_the_previous_tables(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _write(raw, "bill", _bill([(1, T0, 10.0), (2, T0 + DAY, 20.0)]))
+    built = build_snapshots(raw, out, progress=False)
+    before = {name: path.read_bytes() for name, path in built.items()}
+    bad = _search([(1, T0)])
+    bad["event_timestamp"] = pd.Series([None], dtype="datetime64[us, UTC]")  # a row without a time
+    _write(raw, "search", bad)
+    with pytest.raises(DataValidationError, match="null 'event_timestamp'"):
+        build_snapshots(raw, out, overwrite=True, progress=False)
+    assert {name: path.read_bytes() for name, path in built.items()} == before
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == sorted(p.name for p in built.values())
