@@ -28,9 +28,10 @@ if TYPE_CHECKING:
     from feast import Field, FileSource
 
 SNAPSHOTS_FOLDER = "snapshots"
-# Longer than any history the generator writes (~6 months before the cut-off plus the future window), so a
-# point-in-time join or an online read never drops a user's latest snapshot for being too old.
-FEATURE_TTL = timedelta(days=400)
+# No expiry (Feast reads a zero TTL so): a snapshot row is the user's whole state as of its time and is written
+# only when something changed, so the newest row at or before a time is current however old it is. Online reads,
+# point-in-time joins and the training reads (`training.data.features_asof`) then all see the same row.
+FEATURE_TTL = timedelta(0)
 
 _PROFILE_ARROW_TYPES = {"int": pa.int64(), "float": pa.float32(), "string": pa.string()}
 

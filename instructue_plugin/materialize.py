@@ -12,7 +12,7 @@ How it reads the users, and why the offline store:
    which is what the online store holds after `feast materialize`, so the stored vectors equal what the
    on-read view `user_embedding` returns. Reading offline needs no prior `feast materialize`, reads in bulk
    (one join per batch rather than a key lookup per user), and scales with the offline store.
-   (A view row more than the view's TTL older than the user's newest snapshot is not joined.)
+   (The views never expire: each view's newest row is joined however old it is.)
 
 Resume state (`<repo>/data/materialize_state.json`, written atomically after every batch), per instruction:
 the model's fingerprint (hash of its export manifest, or of its config and weights), the variant served

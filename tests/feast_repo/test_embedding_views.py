@@ -30,7 +30,7 @@ import instructue_plugin
 from instructue_plugin import feast_udf, schema
 from instructue_plugin.config import config_for_preset
 from instructue_plugin.errors import ConfigError, DataValidationError, ModelNotFoundError
-from instructue_plugin.feast_definitions import FEATURE_TTL, snapshot_path
+from instructue_plugin.feast_definitions import snapshot_path
 from instructue_plugin.materialize import _offline_copy_dir, load_instructions, materialize_embeddings, state_path
 from instructue_plugin.model import InstructUEModel
 from tests.feast_repo.conftest import FEAST, apply_repo_copy, write_snapshot_dataset
@@ -349,11 +349,7 @@ def test_historical_embeddings_are_point_in_time_correct(store, model_env, embed
     expected_rows = {column: [] for column in schema.feature_columns()}
     for user, when, _ in cases:
         for name in schema.SOURCE_NAMES:
-            current = [
-                r
-                for r in tables[name]
-                if r[schema.ENTITY_KEY] == user and when - FEATURE_TTL <= r[schema.TIMESTAMP_COLUMN] <= when
-            ]
+            current = [r for r in tables[name] if r[schema.ENTITY_KEY] == user and r[schema.TIMESTAMP_COLUMN] <= when]
             latest = max(current, key=lambda r: r[schema.TIMESTAMP_COLUMN]) if current else None
             source = schema.PROFILE if name == schema.PROFILE.name else schema.SEQUENCE_BY_NAME[name]
             for column in source.feature_columns:

@@ -65,8 +65,8 @@ def _read_snapshots(snapshot_data_dir: Path) -> dict[str, dict[int, list[Row]]]:
 
 
 def _row_at(rows: list[Row], when: datetime) -> Row | None:
-    """The snapshot row current at `when`: the newest one at or before it, within the views' TTL."""
-    current = [r for r in rows if when - FEATURE_TTL <= r[schema.TIMESTAMP_COLUMN] <= when]
+    """The snapshot row current at `when`: the newest one at or before it, however old (the views never expire)."""
+    current = [r for r in rows if r[schema.TIMESTAMP_COLUMN] <= when]
     return current[-1] if current else None
 
 
@@ -171,7 +171,8 @@ def test_unknown_user_reads_as_none_beside_known_users(store, snapshots) -> None
 
 def test_historical_read_is_point_in_time_correct(store, snapshots) -> None:
     # Per source, users with at least two snapshots: one entity row between their first two snapshots (must
-    # get the earlier one) and one a day before their first snapshot (must get nulls).
+    # get the earlier one), one a day before their first snapshot (must get nulls), and one three years after
+    # their last (must still get it: a snapshot row never expires).
     cases: list[tuple[int, datetime, str, str]] = []  # (user, when, source, kind)
     for name in schema.SOURCE_NAMES:
         users = [u for u, rows in snapshots[name].items() if len(rows) >= 2][:10]
@@ -179,6 +180,8 @@ def test_historical_read_is_point_in_time_correct(store, snapshots) -> None:
             first, second = (r[schema.TIMESTAMP_COLUMN] for r in snapshots[name][user][:2])
             cases.append((user, first + (second - first) / 2, name, "between"))
             cases.append((user, first - timedelta(days=1), name, "before"))
+            last = snapshots[name][user][-1][schema.TIMESTAMP_COLUMN]
+            cases.append((user, last + timedelta(days=3 * 365), name, "years later"))
     cases.append((UNKNOWN_USER, cases[0][1], schema.PROFILE.name, "unknown"))
     entity_df = pd.DataFrame(
         {
@@ -203,6 +206,8 @@ def test_historical_read_is_point_in_time_correct(store, snapshots) -> None:
             earlier, later = snapshots[case_source][user][:2]
             assert _row_at(snapshots[case_source][user], when) is earlier
             changed += any(earlier[c] != later[c] for c in _columns(case_source))
+        elif kind == "years later":  # compared above with the user's last row, which is not expired
+            assert _row_at(snapshots[case_source][user], when) is snapshots[case_source][user][-1]
         else:
             assert all(got[c] is None for c in _columns(case_source)), f"{kind} row {row_id}: not null"
     assert changed > 0, "no case where the two snapshots differ: the point-in-time check proves nothing"
