@@ -588,7 +588,12 @@ def _export_both(
             return name, reason, _export_checked(export_copy, reference, folder, name, opset, tolerance, cases, say)
         except Exception as error:
             if attempt + 1 == len(order):
-                raise
+                if isinstance(error, InstructUEError):
+                    raise
+                earlier = f" after the {reason}" if reason else ""
+                raise ExportError(
+                    f"the {name} exporter failed ({type(error).__name__}: {str(error)[:300]}){earlier}"
+                ) from error
             reason = f"{name} exporter failed ({type(error).__name__}: {str(error)[:300]})"
             logger.warning("%s; falling back to the %s exporter", reason, order[attempt + 1])
             for path in folder.iterdir():

@@ -201,6 +201,18 @@ def test_export_refuses_a_folder_that_is_not_an_export(model_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "notes.txt"]
 
 
+def test_exporter_failures_are_an_export_error_naming_both_exporters(model_dir, tmp_path, monkeypatch):
+    from instructue_plugin import onnx_export
+
+    def failing(export_copy, reference, folder, name, *args):
+        raise RuntimeError(f"{name} cannot trace this model")
+
+    monkeypatch.setattr(onnx_export, "_export_checked", failing)
+    with pytest.raises(ExportError, match="dynamo exporter failed.*after the legacy exporter failed"):
+        export_model(model_dir, tmp_path / "export")
+    assert [p.name for p in tmp_path.iterdir()] == []  # nothing written, no staging folder left
+
+
 def test_parity_counts_a_non_finite_output_in_any_case_as_a_failure():
     from instructue_plugin.onnx_export import _max_diff
 
