@@ -26,6 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 INSTRUCTION = "Represent this user for predicting fund purchases in the next 30 days."
 MIN_COSINE = 0.999
+# The provider each row must run on; a session that fell back to another one fails its row.
+EXPECTED_PROVIDER = {
+    "tensorrt_fp16": "TensorrtExecutionProvider",
+    "cuda_fp32": "CUDAExecutionProvider",
+    "cuda_fp16": "CUDAExecutionProvider",
+}
 # Dense fp16/bf16 tensor-core peaks (TFLOP/s, no sparsity) by the name nvidia-smi prints.
 PEAK_FP16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0, "T4": 65.0}
 
@@ -77,15 +83,17 @@ def fp16_user_graph(export: Path, out: Path) -> Path:
     return out
 
 
-def embedder_runner(export: Path, providers: list[str], scratch: str) -> tuple[list[str], Callable[[dict], Any]]:
-    """The runtime's own session on `providers`: (the providers it really got, its user-graph call)."""
+def embedder_runner(
+    export: Path, providers: list[str], scratch: str
+) -> tuple[Callable[[], list[str]], Callable[[dict], Any]]:
+    """The runtime's own session on `providers`: (the providers it uses, read live; its user-graph call)."""
     from instructue_plugin.onnx_runtime import OnnxEmbedder
 
     embedder = OnnxEmbedder.from_export(export, providers=providers, trt_cache_dir=Path(scratch) / "trt")
-    return embedder.providers, embedder._run_user_graph
+    return lambda: embedder.providers, embedder._run_user_graph
 
 
-def session_runner(graph: Path) -> tuple[list[str], Callable[[dict], Any]]:
+def session_runner(graph: Path) -> tuple[Callable[[], list[str]], Callable[[dict], Any]]:
     """A plain CUDA session on a graph file that has the user graph's inputs and output."""
     import onnxruntime as ort
 
@@ -93,7 +101,7 @@ def session_runner(graph: Path) -> tuple[list[str], Callable[[dict], Any]]:
 
     session = ort.InferenceSession(str(graph), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    return session.get_providers(), lambda arrays: session.run([USER_OUTPUT], {n: arrays[n] for n in names})[0]
+    return session.get_providers, lambda arrays: session.run([USER_OUTPUT], {n: arrays[n] for n in names})[0]
 
 
 def main() -> int:
@@ -153,7 +161,7 @@ def main() -> int:
             graph_inputs[batch] = inputs.graph_inputs(cpu.item_vectors(inputs.item_texts))
         reference = cpu._run_user_graph(graph_inputs[max(batches)])
 
-        runners: dict[str, Callable[[], tuple[list[str], Callable[[dict], Any]]]] = {}
+        runners: dict[str, Callable[[], tuple[Callable[[], list[str]], Callable[[dict], Any]]]] = {}
         trt_missing = load_tensorrt()
         if trt_missing is None and "TensorrtExecutionProvider" in available:
             runners["tensorrt_fp16"] = lambda: embedder_runner(
@@ -169,11 +177,17 @@ def main() -> int:
         for label, make_runner in runners.items():
             start = time.perf_counter()
             try:
-                providers, run_graph = make_runner()
+                get_providers, run_graph = make_runner()
                 out = run_graph(graph_inputs[max(batches)])  # TensorRT builds its engine here
+                # Read after the first run: onnxruntime may switch a session to a later provider when the
+                # first one fails while running, and the figures would then be that provider's.
+                providers = get_providers()
+                if providers[0] != EXPECTED_PROVIDER[label]:
+                    raise RuntimeError(f"the session runs on {providers[0]}, not {EXPECTED_PROVIDER[label]}")
             except Exception as error:  # one provider failing must not hide the others' figures
                 report["providers"][label] = {"failed": f"{type(error).__name__}: {error}"}
                 print(f"{label} failed: {type(error).__name__}: {error}")
+                report_path.write_text(json.dumps(report, indent=2))
                 continue
             entry: dict[str, Any] = {
                 "providers": providers,
@@ -194,6 +208,7 @@ def main() -> int:
                     "share_of_fp16_peak": tflops / report["peak_fp16_tflops"] if report["peak_fp16_tflops"] else None,
                 }
             report["providers"][label] = entry
+            report_path.write_text(json.dumps(report, indent=2))  # a run cut short keeps what it measured
             del run_graph
 
     report["total_seconds"] = round(time.perf_counter() - started, 1)

@@ -22,7 +22,7 @@ if ! "$PY" -c "import onnxruntime, torch, transformers, instructue_plugin" 2>/de
   exit 0
 fi
 if ! "$PY" -c "import tensorrt" 2>/dev/null; then
-  "$PY" -m pip install --quiet "tensorrt-cu13>=10.15,<11" >/dev/null 2>&1 \
+  "$PY" -m pip install --quiet --timeout 20 --retries 0 "tensorrt-cu13>=10.15,<11" >/dev/null 2>&1 \
     || echo "note: tensorrt-cu13 cannot be installed here; the TensorRT rows will be skipped"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
