@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 SMOOTHING_ALPHA = 0.8
 
 # Matmuls the int8 variant keeps in fp32 unless told otherwise: the first decoder layer's down projection. On
-# trained smol-cpu models it carries most of the int8 error (see `quantize_int8`), for ~3 % of the int8 speed
-# (README, "int8 on CPUs").
+# trained smol-cpu models it carries most of the int8 error (see `quantize_int8`), for a few per cent of the
+# int8 speed (README, "int8 on CPUs").
 DEFAULT_KEEP_FP32: tuple[str, ...] = ("layers.0/mlp/down_proj",)
 
 
