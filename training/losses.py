@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from difflib import SequenceMatcher
 
 import numpy as np
 import torch
@@ -12,25 +11,24 @@ import torch.nn.functional as F
 _WORD = re.compile(r"\w+")
 
 
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+def _words(text: str) -> frozenset[str]:
+    return frozenset(_WORD.findall(text.lower()))
 
 
 def false_negative_mask(answers: list[str], *, threshold: float = 0.9) -> np.ndarray:
     """(B, B) bool: True where i != j and answer j equals or nearly equals answer i.
 
-    "Nearly equal" is a word-sequence similarity >= `threshold` (difflib's ratio over the words, case and
-    punctuation ignored): word order counts, so "food, then travel" and "travel, then food" stay negatives. Such
-    pairs are not negatives: two users who will both "not buy a fund" must not be pushed apart.
+    "Nearly equal" is word-set Jaccard similarity >= `threshold` (case and punctuation ignored). Such pairs
+    are not negatives: two users who will both "not buy a fund" must not be pushed apart.
     """
     words = [_words(a) for a in answers]
     size = len(answers)
     mask = np.zeros((size, size), dtype=bool)
     for i in range(size):
-        matcher = SequenceMatcher(None, b=words[i], autojunk=False)
         for j in range(i + 1, size):
-            matcher.set_seq1(words[j])
-            if words[i] == words[j] or matcher.ratio() >= threshold:
+            union = words[i] | words[j]
+            jaccard = len(words[i] & words[j]) / len(union) if union else 1.0
+            if jaccard >= threshold:
                 mask[i, j] = mask[j, i] = True
     return mask
 
