@@ -32,13 +32,17 @@ from instructue_plugin.schema import ENTITY_KEY, TIMESTAMP_COLUMN
 
 from .data import features_asof
 from .losses import answer_cross_entropy, false_negative_mask, info_nce
-from .userqa import build_userqa, write_userqa
+from .userqa import build_userqa, instruction_catalog_path, write_userqa
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "trainer_state.pt"
 LOSSES_CSV = "losses.csv"
 LOSSES_PNG = "losses.png"
+USERQA_FILE = "userqa.parquet"  # written into the run folder when no --userqa is given
+# What a run writes before its first checkpoint: a folder holding only these belongs to a run that stopped while
+# building UserQA or encoding items, and a new run may start there.
+UNSTARTED_RUN_FILES = frozenset({USERQA_FILE, instruction_catalog_path(Path(USERQA_FILE)).name})
 
 
 class TrainConfig(BaseModel):
@@ -116,11 +120,6 @@ class TrainingStep(nn.Module):
             losses["cl"] = info_nce(user, answer, temperature=self.config.temperature, false_negatives=false_negatives)
         losses["loss"] = losses["ar"] + self.config.alpha * losses["cl"]
         return losses
-
-
-# What a run writes before its first checkpoint: a folder holding only these belongs to a run that stopped while
-# building UserQA or encoding items, and a new run may start there.
-UNSTARTED_RUN_FILES = frozenset({"userqa.parquet", "userqa.instructions.json"})
 
 
 def sample_batch(
@@ -250,7 +249,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
     )
 
     # ----- data -----
-    userqa_path = Path(config.userqa) if config.userqa else out / "userqa.parquet"
+    userqa_path = Path(config.userqa) if config.userqa else out / USERQA_FILE
     if not userqa_path.exists():
         triplets = build_userqa(config.data, seed=config.seed, progress=progress)
         if accelerator.is_main_process:

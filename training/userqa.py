@@ -344,11 +344,16 @@ def instruction_catalog() -> dict:
     }
 
 
+def instruction_catalog_path(userqa_file: Path) -> Path:
+    """Where `write_userqa` puts the instruction catalog of a UserQA file: `<name>.instructions.json` beside it."""
+    return Path(userqa_file).with_suffix(".instructions.json")
+
+
 def write_userqa(triplets: pd.DataFrame, out: Path) -> Path:
     """Write triplets as parquet and the instruction catalog as `<name>.instructions.json` beside it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     triplets.to_parquet(out, index=False)
-    catalog_path = out.with_suffix(".instructions.json")
+    catalog_path = instruction_catalog_path(out)
     catalog_path.write_text(json.dumps(instruction_catalog(), indent=2))
     return catalog_path
