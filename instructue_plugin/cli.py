@@ -385,8 +385,10 @@ def bench_int8(
 
     result = int8_probe_parity(model, data, max_users=max_users, report_path=report)
     for name, row in result["aucs"].items():
+        low, high = row["served_difference_95ci"]
         typer.echo(
-            f"{name:<32} fp32 {row['fp32']:.4f}  int8 served {row['int8_served']:.4f} ({row['served_difference']:+.4f})"
+            f"{name:<32} fp32 {row['fp32']:.4f}  int8 served {row['int8_served']:.4f} "
+            f"({row['served_difference']:+.4f}, 95% CI {low:+.4f}..{high:+.4f})"
             f"  refit {row['int8_refit']:.4f} ({row['refit_difference']:+.4f})  probe noise {row['probe_noise']:+.4f}"
         )
     typer.echo(

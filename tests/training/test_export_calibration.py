@@ -48,3 +48,27 @@ def test_export_calibrates_on_the_data_folders_users(small_data, tmp_path):
     assert calibrated["real_feature_rows"] == used
     assert calibrated["real_batches"] == plain["real_batches"] + -(-used // 32)
     assert calibrated["real_max_abs_diff"] <= 1e-4
+
+
+def test_bench_int8_reports_served_and_refit_auc_with_a_bootstrap_interval(small_data, tmp_path):
+    model_dir, export_dir, report = tmp_path / "model", tmp_path / "export", tmp_path / "bench-int8.json"
+    InstructUEModel.create(config_for_preset("tiny")).save_pretrained(model_dir)
+    exported = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--out", str(export_dir), "--int8"])
+    assert exported.exit_code == 0, exported.output
+    result = CliRunner().invoke(
+        app, ["bench", "int8", "--model", str(export_dir), "--data", str(small_data), "--report", str(report)]
+    )
+    assert result.exit_code == 0, result.output
+    measured = json.loads(report.read_text())
+    labels = read_labels(small_data)
+    assert measured["users"] == int((labels["split"] == "eval").sum())
+    tasks = ["fund_purchase", "churn", "travel_coupon", "insurance_interest"]
+    assert sorted(measured["aucs"]) == sorted(f"{t}/{kind}" for t in tasks for kind in ("instructed", "general"))
+    for row in measured["aucs"].values():
+        assert 0 <= row["fp32"] <= 1 and 0 <= row["int8_served"] <= 1
+        assert row["served_difference"] == row["int8_served"] - row["fp32"]
+        low, high = row["served_difference_95ci"]
+        assert -1 <= low <= high <= 1
+    assert measured["max_abs_served_difference"] == max(abs(r["served_difference"]) for r in measured["aucs"].values())
+    assert 0.9 < measured["cosine_int8_vs_fp32"]["min"] <= 1.0001
+    assert "95% CI" in result.output

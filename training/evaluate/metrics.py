@@ -36,6 +36,34 @@ def recall_at_k(true_labels: np.ndarray, ranked: np.ndarray, k: int) -> float:
     return float(np.mean(hits))
 
 
+def paired_auc_difference_interval(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    other_scores: np.ndarray,
+    *,
+    draws: int = 1000,
+    level: float = 0.95,
+    seed: int = PROBE_SEED,
+) -> tuple[float, float]:
+    """Bootstrap interval of AUC(other_scores) - AUC(scores) on the same users (resampled together).
+
+    Draws with a single class are skipped. Use it to tell a difference from the sampling noise of the users.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(draws):
+        pick = rng.integers(len(labels), size=len(labels))
+        if np.unique(labels[pick]).size < 2:
+            continue
+        differences.append(roc_auc_score(labels[pick], other_scores[pick]) - roc_auc_score(labels[pick], scores[pick]))
+    if not differences:
+        raise ValueError("every bootstrap draw holds a single class: the AUC difference is undefined")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(differences, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def make_probe(features, *, ranking: bool = False) -> Pipeline:
     """Standardize (without centering sparse input), then logistic regression."""
     scaler = StandardScaler(with_mean=not sparse.issparse(features))

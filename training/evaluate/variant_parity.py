@@ -6,7 +6,8 @@ fp32. Two protocols are reported:
 
 - served: each fold's probe is fit on fp32 embeddings and scores the held-out users' fp32 and int8 embeddings,
   the situation of a downstream model trained once and then served the int8 variant; the difference is the int8
-  graph's own effect (the target applies here);
+  graph's own effect (the target applies here), with a 95 % paired bootstrap interval over the users (how much
+  of it the users' sampling alone could move);
 - refit: a probe fit on int8 embeddings from scratch. Its regularization search is discrete, so this difference
   also holds the probe's own instability; `probe_noise` measures that instability on fp32 alone (the same
   embeddings, another fold split), so the two can be told apart.
@@ -24,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 from instructue_plugin.errors import DataValidationError
 
-from .metrics import PROBE_SEED, binary_probe, fold_probes
+from .metrics import PROBE_SEED, binary_probe, fold_probes, paired_auc_difference_interval
 from .runner import BINARY_TASKS, EvalSettings, eval_rows
 
 MAX_AUC_DROP = 0.005
@@ -78,6 +79,7 @@ def int8_probe_parity(
                 "fp32": auc_fp32,
                 "int8_served": auc_served,
                 "served_difference": auc_served - auc_fp32,
+                "served_difference_95ci": paired_auc_difference_interval(y, own, served),
                 "int8_refit": auc_refit,
                 "refit_difference": auc_refit - auc_fp32,
                 "probe_noise": auc_fp32_other_split - auc_fp32,

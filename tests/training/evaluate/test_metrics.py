@@ -15,6 +15,7 @@ from training.evaluate.metrics import (
     fold_probes,
     ks_statistic,
     out_of_fold_scores,
+    paired_auc_difference_interval,
     ranking_probe,
     recall_at_k,
 )
@@ -92,6 +93,22 @@ def test_ranking_probe_learns_a_separable_multiclass_task():
     features = np.array([centers[label] for label in labels]) + rng.normal(size=(300, 2))
     assert ranking_probe(features, labels, k=1)["recall_at_k"] > 0.85
     assert ranking_probe(features, labels, k=4)["recall_at_k"] == pytest.approx(1.0)
+
+
+def test_paired_auc_interval_is_zero_for_an_order_preserving_copy_and_tells_a_real_gain_from_noise():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, size=600)
+    weak = labels + 2.0 * rng.normal(size=600)
+    assert paired_auc_difference_interval(labels, weak, 3 * weak + 1) == (0.0, 0.0)  # same ranking, same AUC
+    strong = labels + 0.5 * rng.normal(size=600)
+    gain = roc_auc_score(labels, strong) - roc_auc_score(labels, weak)
+    low, high = paired_auc_difference_interval(labels, weak, strong)
+    assert 0 < low < gain < high
+    jitter = weak + 0.01 * rng.normal(size=600)  # a tiny perturbation: its interval straddles zero and is narrow
+    low, high = paired_auc_difference_interval(labels, weak, jitter)
+    assert low <= 0 <= high and high - low < 0.01
+    with pytest.raises(ValueError, match="single class"):
+        paired_auc_difference_interval(np.ones(10), weak[:10], strong[:10], draws=5)
 
 
 def test_int8_parity_measures_the_binary_tasks_the_labels_hold():
