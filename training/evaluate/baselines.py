@@ -3,7 +3,8 @@
 - `profile_lr`: the normalized profile vector alone;
 - `bag_of_items`: TF-IDF over every item of every source (an item is its source plus its text);
 - `mean_item`: the mean item-encoder vector per source, concatenated;
-- `zero_shot_llm`: the untrained backbone reading a text serialization of the user (mean-pooled last layer).
+- `zero_shot_llm`: the untrained backbone reading a text serialization of the user (mean-pooled last layer),
+  its profile first and as many of each source's newest items as the token budget holds.
 """
 
 from __future__ import annotations
@@ -73,20 +74,33 @@ def mean_item_matrix(users: list[UserBehaviour], item_vectors: Any) -> np.ndarra
 
 
 def serialize_user(user: UserBehaviour, row: pd.Series, *, max_items: int) -> str:
-    """A plain-text description of a user's newest items and profile, for the zero-shot LLM baseline."""
-    parts = []
-    for source in SEQUENCE_SOURCES:
-        items = user.sources.get(source.name)
-        if items is not None:
-            parts.append(f"{source.name}: " + "; ".join(items.texts[-max_items:]))
+    """A plain-text description of a user's profile and newest items, for the zero-shot LLM baseline."""
     facts = [
         f"{f.name} {row.get(PROFILE.column(f.name))}"
         for f in PROFILE.fields
         if row.get(PROFILE.column(f.name)) is not None and not pd.isna(row.get(PROFILE.column(f.name)))
     ]
-    if facts:
-        parts.append("profile: " + ", ".join(facts))
+    parts = ["profile: " + ", ".join(facts)] if facts else []
+    for source in SEQUENCE_SOURCES:
+        items = user.sources.get(source.name)
+        if items is not None:
+            parts.append(f"{source.name}: " + "; ".join(items.texts[-max_items:]))
     return "\n".join(parts) or "no data"
+
+
+def fitted_serialization(
+    user: UserBehaviour, row: pd.Series, *, tokenizer: Any, max_items: int, max_tokens: int
+) -> list[int]:
+    """Token ids of `serialize_user` within `max_tokens`: fewer (newest) items per source until the text fits.
+
+    Every source and the profile keep their place; only a user whose one newest item per source is still too
+    long is cut at the end.
+    """
+    for items in range(max_items, 0, -1):
+        ids = tokenizer.encode(serialize_user(user, row, max_items=items)).ids
+        if len(ids) <= max_tokens:
+            return ids
+    return ids[:max_tokens]
 
 
 def zero_shot_llm_matrix(
@@ -96,21 +110,24 @@ def zero_shot_llm_matrix(
     llm: Any,
     tokenizer: Any,
     max_items: int,
-    max_tokens: int = 384,
+    max_tokens: int = 512,
     batch_size: int = 16,
 ) -> np.ndarray:
     """(n, H) mean-pooled last hidden states of the untrained backbone over each user's serialization."""
     import torch
 
-    texts = [serialize_user(u, features.iloc[i], max_items=max_items) for i, u in enumerate(users)]
-    tokenizer.enable_truncation(max_tokens)
+    tokenizer.no_truncation()
+    encoded_users = [
+        fitted_serialization(u, features.iloc[i], tokenizer=tokenizer, max_items=max_items, max_tokens=max_tokens)
+        for i, u in enumerate(users)
+    ]
     decoder = llm.get_decoder()
     out = []
-    order = np.argsort([len(t) for t in texts])
+    order = np.argsort([len(e) for e in encoded_users])
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
+        for start in range(0, len(encoded_users), batch_size):
             rows = order[start : start + batch_size]
-            encoded = [tokenizer.encode(texts[r]).ids for r in rows]
+            encoded = [encoded_users[r] for r in rows]
             length = max(len(e) for e in encoded)
             ids = torch.zeros((len(rows), length), dtype=torch.long)
             mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -120,7 +137,7 @@ def zero_shot_llm_matrix(
             hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
             pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
             out.append((rows, pooled.float().numpy()))
-    matrix = np.zeros((len(texts), out[0][1].shape[1]), dtype=np.float32)
+    matrix = np.zeros((len(encoded_users), out[0][1].shape[1]), dtype=np.float32)
     for rows, values in out:
         matrix[rows] = values
     return matrix
