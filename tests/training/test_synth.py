@@ -293,6 +293,22 @@ def test_inject_noise_doubles_items_up_to_max_and_leaves_input_alone(features):
     assert all(category_of("bill", m) == c for m, c in zip(merchants, categories, strict=True))
 
 
+def test_inject_noise_never_cuts_a_row_stored_longer_than_max_items(features):
+    bill = SEQUENCE_SOURCES[0]
+    row = features.iloc[[0]].copy()
+    base = int(row.at[0, bill.ts_column][0])
+    length = bill.max_items * 2  # a snapshot built with `instructue snapshots --max-items 64`
+    row.at[0, bill.ts_column] = np.arange(base, base + length, dtype=np.int64)
+    for field in bill.fields:
+        column = bill.column(field.name)
+        row.at[0, column] = np.resize(np.asarray(row.at[0, column]), length)
+    noisy = inject_noise(row, rate=0.25, seed=3)
+    ts = noisy.at[0, bill.ts_column]
+    assert len(ts) == length  # as long as it was: the newest `length` of old + injected items
+    assert base + length - 1 in ts and (np.diff(ts) >= 0).all()
+    assert len(noisy.at[0, "bill_merchant"]) == length
+
+
 def test_inject_noise_adds_random_categories(features):
     def mix(frame):
         values = pd.Series(np.concatenate(frame["bill_category"].to_numpy())).value_counts(normalize=True)

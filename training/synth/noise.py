@@ -3,11 +3,11 @@
 Each sequence source of each row gets `round(rate × n_items)` extra events (halves round up), at uniformly
 random whole seconds within the row's existing time span (earliest to latest item over all its sources); the
 list is re-sorted by time (an existing item stays before an injected one at the same second) and cut to the
-source's `max_items`, keeping the newest. What the injected items are comes from an item sampler: by default
-`synthetic_items`, the generator's noise model (a uniformly random category, a uniformly random catalog item of
-that category, the secondary field (channel, action) and the numbers drawn by category for a typical user);
-a dataset with another catalog passes its own (e.g. `training.movielens.MovieNoise`).
-"""
+source's `max_items` (or to the row's own length when its snapshot stored more), keeping the newest. What the
+injected items are comes from an item sampler: by default `synthetic_items`, the generator's noise model (a
+uniformly random category, a uniformly random catalog item of that category, the secondary field (channel,
+action) and the numbers drawn by category for a typical user); a dataset with another catalog passes its own
+(e.g. `training.movielens.MovieNoise`)."""
 
 from __future__ import annotations
 
@@ -122,7 +122,9 @@ def inject_noise(
         span = hi[row_new] - lo[row_new] + 1
         ts_new = lo[row_new] + np.floor(rng.random(total_new) * span).astype(np.int64)
 
-        # Merge old and new items per row, sorted by time, newest max_items kept.
+        # Merge old and new items per row, sorted by time, the newest kept up to the row's capacity: the
+        # source's max_items, or the row's own length when its snapshot stored more (never cut below it).
+        capacity = np.maximum(n_old, source.max_items)
         row_old = np.repeat(np.arange(n_rows), n_old)
         rows = np.concatenate([row_old, row_new])
         ts = np.concatenate([ts_arr.flatten().to_numpy(), ts_new])
@@ -132,8 +134,8 @@ def inject_noise(
         starts = np.concatenate([[0], np.cumsum(count)[:-1]])
         sorted_rows = rows[order]
         position = np.arange(len(order)) - starts[sorted_rows]
-        keep = order[position >= (count - source.max_items)[sorted_rows]]
-        offsets = pa.array(np.concatenate([[0], np.cumsum(np.minimum(count, source.max_items))]).astype(np.int32))
+        keep = order[position >= (count - capacity)[sorted_rows]]
+        offsets = pa.array(np.concatenate([[0], np.cumsum(np.minimum(count, capacity))]).astype(np.int32))
         mask = pa.array(~valid)
         for f in source.fields:
             column = source.column(f.name)
