@@ -196,6 +196,12 @@ def test_bad_noise_rate_is_an_error(tmp_path, noise_rate):
         generate(tmp_path / "out", users=10, seed=0, noise_rate=noise_rate, progress=False)
 
 
+def test_a_negative_seed_is_an_error_that_leaves_no_folder_behind(tmp_path):
+    with pytest.raises(ConfigError, match="seed"):
+        generate(tmp_path / "out", users=10, seed=-1, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_existing_output_is_refused_then_replaced_with_overwrite(tmp_path):
     out = tmp_path / "out"
     generate(out, users=2500, seed=0, chunk_size=1000, progress=False)

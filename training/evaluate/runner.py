@@ -11,7 +11,7 @@ instruction and under none.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,14 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 import instructue_plugin
+from instructue_plugin.errors import ConfigError, DataValidationError
 from instructue_plugin.schema import ENTITY_KEY, TIMESTAMP_COLUMN
 
 from ..data import features_asof, read_labels
 from ..instructions import task_instructions
 from ..synth.generator import BINARY_TASKS
 from .baselines import bag_of_items_matrix, behaviours, mean_item_matrix, profile_matrix, zero_shot_llm_matrix
-from .metrics import binary_probe, ks_statistic, ranking_probe, recall_at_k
+from .metrics import FOLDS, binary_probe, ks_statistic, ranking_probe, recall_at_k
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,13 @@ class EvalSettings:
 
 
 def eval_rows(settings: EvalSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The eval users' labels and their feature rows at the cut-off (same order)."""
+    """The eval users' labels and their feature rows at the cut-off (same order).
+
+    Raises:
+        ConfigError: `max_users` below 1.
+    """
+    if settings.max_users is not None and settings.max_users < 1:
+        raise ConfigError(f"max_users must be at least 1, got {settings.max_users}")
     labels = read_labels(settings.data)
     labels = labels[labels["split"] == "eval"].sort_values(ENTITY_KEY).reset_index(drop=True)
     if settings.max_users is not None and len(labels) > settings.max_users:
@@ -65,6 +72,29 @@ def eval_rows(settings: EvalSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
         labels = labels.reset_index(drop=True)
     entities = pd.DataFrame({ENTITY_KEY: labels[ENTITY_KEY], TIMESTAMP_COLUMN: labels["cutoff"]})
     return labels, features_asof(settings.data, entities)
+
+
+def require_probe_ready(labels: pd.DataFrame, tasks: Sequence[str], binary_tasks: Sequence[str]) -> None:
+    """Refuse labels a probe cannot score, before any embedding work.
+
+    Raises:
+        DataValidationError: a task's label column is missing (e.g. a MovieLens folder evaluated as synthetic),
+            or a binary task has fewer than `FOLDS` positives or negatives among the eval users.
+    """
+    missing = [task for task in tasks if task not in labels.columns]
+    if missing:
+        raise DataValidationError(
+            f"the labels have no column for task(s) {missing}; columns: {list(labels.columns)} "
+            "(is --dataset right for this data folder?)"
+        )
+    for task in binary_tasks:
+        positives = int(labels[task].sum())
+        negatives = len(labels) - positives
+        if min(positives, negatives) < FOLDS:
+            raise DataValidationError(
+                f"task {task!r} has {positives} positive and {negatives} negative eval users; a {FOLDS}-fold "
+                f"probe needs at least {FOLDS} of each (evaluate more users)"
+            )
 
 
 class Representations:
@@ -165,6 +195,7 @@ def _method_matrices(reps: Representations, task: str, settings: EvalSettings, *
 def evaluate(settings: EvalSettings, *, progress: bool = True) -> dict[str, Any]:
     """Run the whole protocol; returns the metrics dict (the shape of `metrics.json`)."""
     labels, features = eval_rows(settings)
+    require_probe_ready(labels, settings.tasks, settings.binary_tasks)
     logger.info("evaluating %d eval users", len(labels))
     embedders = {"main": instructue_plugin.load(settings.model)}
     embedders.update({name: instructue_plugin.load(path) for name, path in settings.ablation_models.items()})

@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from instructue_plugin.errors import DataValidationError
 
 from .metrics import PROBE_SEED, binary_probe, fold_probes, paired_auc_difference_interval
-from .runner import BINARY_TASKS, EvalSettings, eval_rows
+from .runner import BINARY_TASKS, EvalSettings, eval_rows, require_probe_ready
 
 MAX_AUC_DROP = 0.005
 
@@ -58,6 +58,7 @@ def int8_probe_parity(
 
     labels, features = eval_rows(EvalSettings(data=data_dir, model=export_dir, max_users=max_users))
     tasks = binary_tasks_of(labels)
+    require_probe_ready(labels, tasks, tasks)
     variants = {v: OnnxEmbedder.from_export(export_dir, variant=v) for v in ("fp32", "int8")}
     rows: dict[str, dict[str, Any]] = {}
     cosines = []

@@ -646,7 +646,7 @@ def generate(
     Returns:
         A `SynthSummary`.
     Raises:
-        ConfigError: users, noise_rate or chunk_size out of range.
+        ConfigError: users, seed, noise_rate or chunk_size out of range.
         DataValidationError: `out_dir` exists and is not empty, without `overwrite`.
     """
     if not isinstance(users, int | np.integer) or users <= 0:
@@ -655,6 +655,8 @@ def generate(
         raise ConfigError(f"noise_rate must be a finite number >= 0, got {noise_rate!r}")
     if chunk_size <= 0:
         raise ConfigError(f"chunk_size must be positive, got {chunk_size!r}")
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     out_dir = Path(out_dir)
     prepare_data_folder(out_dir, overwrite=overwrite)
     started = time.perf_counter()
