@@ -237,6 +237,8 @@ def test_evaluate_runs_end_to_end_on_a_tiny_model(ml_data, tmp_path, monkeypatch
         assert {"profile_lr", "bag_of_items", "instructue_instructed", "instructue_general"} <= set(methods)
         for method, scores in methods.items():
             assert all(math.isfinite(v) for v in scores.values()), (task, method, scores)
+    unseen_k = result["tasks"]["next_genre"]["instructue_instructed_unseen"]["k"]
+    assert unseen_k == 3 and isinstance(unseen_k, int)  # K stays K when the paraphrases' recalls are averaged
     assert all(math.isfinite(v) for rate in result["noise"].values() for v in rate.values())
     summary = write_report(result, tmp_path / "report", binary_tasks=binary, title=title)
     assert summary["oracle_mean_auc"] is None

@@ -65,7 +65,10 @@ class Summary(_Strict):
 
 class MetricsFile(_Strict):
     """`metrics.json`: per task and method the probe scores, the oracle's, mean AUC per noise rate (keys like
-    "0.5") and method, the instruction-awareness matrix, the number of evaluation users and the summary."""
+    "0.5") and method, the instruction-awareness matrix, the number of evaluation users and the summary.
+
+    Methods are DESIGN §9's, plus `instructue_instructed_unseen` (the mean score over the task's unseen
+    paraphrases of its instruction)."""
 
     tasks: dict[str, dict[str, BinaryScore | RankingScore]]
     oracle: dict[str, BinaryScore | RankingScore]

@@ -207,7 +207,9 @@ def evaluate(settings: EvalSettings, *, progress: bool = True) -> dict[str, Any]
         for method, matrix in _method_matrices(clean, task, settings, full=True).items():
             if method == UNSEEN:
                 scores = [_score(task, m, labels, settings) for m in matrix]
-                results[method] = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
+                results[method] = {
+                    key: scores[0][key] if key == "k" else float(np.mean([s[key] for s in scores])) for key in scores[0]
+                }
             else:
                 results[method] = _score(task, matrix, labels, settings)
         tasks[task] = results
