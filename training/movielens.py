@@ -323,11 +323,15 @@ def build_movielens(
     return out_dir
 
 
+def rating_channel(stars: float) -> str:
+    """The `channel` text of a rating: "rated 1 star", "rated 4 stars"."""
+    return f"rated {stars:g} star" + ("" if stars == 1 else "s")
+
+
 def ratings_with_movies(ml: MovieLens) -> pd.DataFrame:
     """Ratings joined with their movie's merchant text and genre, plus the `channel` text, in rating order."""
     ratings = ml.ratings.merge(ml.movies, on="item_id", how="left", validate="many_to_one")
-    stars = ratings["rating"].astype(str)
-    ratings["channel"] = "rated " + stars + np.where(ratings["rating"] == 1, " star", " stars")
+    ratings["channel"] = ratings["rating"].map(rating_channel)
     return ratings
 
 
@@ -406,7 +410,7 @@ class MovieNoise:
         return {
             "merchant": pa.array(pick["merchant"].tolist(), pa.string()),
             "category": pa.array(pick["category"].tolist(), pa.string()),
-            "channel": pa.array([f"rated {s:g} star" + ("" if s == 1 else "s") for s in stars], pa.string()),
+            "channel": pa.array([rating_channel(s) for s in stars], pa.string()),
             "amount": pa.array(stars, pa.float32()),
         }
 

@@ -178,6 +178,8 @@ def test_noise_injects_catalog_movies_into_bill_only(ml_data, rows_at_cutoff):
     assert (after == np.minimum(32, before + np.floor(0.5 * before + 0.5))).all()
     catalog = set(noise.movies["merchant"])
     assert all(set(m) <= catalog for m in noisy["bill_merchant"])
+    real_channels = set(np.concatenate(rows["bill_channel"].to_numpy()))
+    assert set(np.concatenate(noisy["bill_channel"].to_numpy())) <= real_channels  # injected ratings read alike
     assert all((np.diff(ts) >= 0).all() for ts in noisy["bill_ts"])
     assert all(len(noisy[c].iat[i]) == after.iat[i] for c in ("bill_category", "bill_amount") for i in range(50))
     assert (noisy["bill_merchant"].map(tuple) != rows["bill_merchant"].map(tuple)).any()
