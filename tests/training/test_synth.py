@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from instructue_plugin.errors import ConfigError, DataValidationError
 from instructue_plugin.schema import PROFILE, SEQUENCE_SOURCES, SOURCE_NAMES, feature_columns
 from training.synth import generate
-from training.synth.catalog import CATEGORIES, HABITUAL_CATEGORIES, MINIPROGRAMS, PRIMARY, category_of
+from training.synth.catalog import CATEGORIES, HABITUAL_CATEGORIES, PRIMARY, category_of
 from training.synth.generator import BINARY_TASKS, CUTOFF
 from training.synth.noise import inject_noise
 
@@ -111,7 +111,7 @@ def test_recommendation_labels(labels):
     assert set(labels["next_category"].dropna()) <= set(CATEGORIES)
     assert labels["oracle_next_category_ranking"].map(len).eq(len(CATEGORIES)).all()
     assert (labels["oracle_next_category"] == labels["oracle_next_category_ranking"].map(lambda r: r[0])).all()
-    assert set(labels["next_miniprogram"].dropna()) <= set(MINIPROGRAMS)
+    assert set(labels["next_miniprogram"].dropna()) <= set(PRIMARY["miniprogram"].names)
     assert labels["oracle_next_miniprogram_ranking"].map(len).eq(10).all()
     # The oracle ranking beats a global popularity ranking at recall@10 for next_miniprogram.
     has = labels["next_miniprogram"].notna()

@@ -27,13 +27,14 @@ from instructue_plugin.schema import ENTITY_KEY, TIMESTAMP_COLUMN
 
 from ..data import features_asof, read_labels
 from ..instructions import task_instructions
-from ..synth.generator import BINARY_TASKS
+from ..synth.generator import BINARY_TASKS, RANKING_SIZE
 from .baselines import bag_of_items_matrix, behaviours, mean_item_matrix, profile_matrix, zero_shot_llm_matrix
 from .metrics import FOLDS, binary_probe, ks_statistic, ranking_probe, recall_at_k
 
 logger = logging.getLogger(__name__)
 
-RANKING_TASKS = {"next_category": 3, "next_miniprogram": 10}  # the generator's ranking tasks -> K of Recall@K
+# The generator's ranking tasks -> K of Recall@K (next mini-program: K = the oracle ranking's length).
+RANKING_TASKS = {"next_category": 3, "next_miniprogram": RANKING_SIZE}
 TASKS = (*BINARY_TASKS, *RANKING_TASKS)
 BASELINES = ("profile_lr", "bag_of_items", "mean_item", "zero_shot_llm")
 INSTRUCTED, UNSEEN, GENERAL = "instructue_instructed", "instructue_instructed_unseen", "instructue_general"

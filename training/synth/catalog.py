@@ -331,7 +331,6 @@ PRIMARY: dict[str, ItemCatalog] = {
     "app": APPS,
     "search": QUERIES,
 }
-MINIPROGRAMS: tuple[str, ...] = MINIPROGRAM_CATALOG.names
 
 
 def _weights_table(default: tuple[float, ...], overrides: dict[str, tuple[float, ...]]) -> np.ndarray:
