@@ -194,7 +194,7 @@ def _method_matrices(reps: Representations, task: str, settings: EvalSettings, *
 
 
 def evaluate(settings: EvalSettings, *, progress: bool = True) -> dict[str, Any]:
-    """Run the whole protocol; returns the metrics dict (the shape of `metrics.json`)."""
+    """Run the whole protocol; returns the metrics dict (`metrics.json` less its summary, which `write_report` adds)."""
     labels, features = eval_rows(settings)
     require_probe_ready(labels, settings.tasks, settings.binary_tasks)
     logger.info("evaluating %d eval users", len(labels))
