@@ -61,6 +61,5 @@ def load(path: str | Path, *, variant: str | None = None) -> Embedder:
             "folder: export it with `instructue export --int8`"
         )
     from .embedder import TorchEmbedder
-    from .model import InstructUEModel
 
-    return TorchEmbedder(InstructUEModel.from_pretrained(folder))
+    return TorchEmbedder.from_pretrained(folder)

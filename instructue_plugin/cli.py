@@ -250,10 +250,9 @@ def answer(
 ) -> None:
     """Ask the model about users: it answers in words from their behaviour."""
     from .embedder import TorchEmbedder
-    from .model import InstructUEModel
 
     ids, features = _user_features(data, users, at)
-    embedder = TorchEmbedder(InstructUEModel.from_pretrained(model))
+    embedder = TorchEmbedder.from_pretrained(model)
     for i, user_id in enumerate(ids):
         reply = embedder.answer(features.iloc[[i]], question, max_new_tokens=max_new_tokens)
         typer.echo(f"{user_id}: {reply}")

@@ -15,6 +15,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -153,6 +154,13 @@ class TorchEmbedder(Embedder):
         super().__init__(model.config, model.builder, model.item_cache)
         self.model = model.eval()
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> TorchEmbedder:
+        """Serve a trained model folder: loaded, with LoRA merged into the backbone (fewer matmuls per call)."""
+        from .model import InstructUEModel
+
+        return cls(InstructUEModel.from_pretrained(folder).merge_lora())
 
     def _run_user_graph(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         import torch

@@ -32,7 +32,7 @@ from .backbones import (
     ready_item_tokenizer,
 )
 from .config import ModelConfig, saved_model_config, special_tokens
-from .errors import CorruptModelError, ModelNotFoundError, SchemaMismatchError
+from .errors import ConfigError, CorruptModelError, ModelNotFoundError, SchemaMismatchError
 from .item_cache import ItemVectorCache
 from .schema import ITEM_NUMERIC_WIDTH, PROFILE, SCHEMA_HASH, SEQUENCE_SOURCES
 from .sequence import IGNORE_INDEX, PROFILE_KIND, ModelInputs, SequenceBuilder
@@ -354,12 +354,35 @@ class InstructUEModel(nn.Module):
         tokens = [int(i) for i in generated[0] if int(i) != end_id and int(i) < self.base_vocab_size]
         return self.llm_tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
-    # ----- save and load ------------------------------------------------------------------------------
+    # ----- inference form, save and load ------------------------------------------------------------------
+
+    def merge_lora(self) -> InstructUEModel:
+        """Fold LoRA into the backbone's weights for inference (peft `merge_adapter`); returns the model.
+
+        The same function (up to float rounding) without the adapters' extra matmuls. A merged model is for
+        serving and export only: `save_pretrained` refuses it (its weights would apply LoRA twice on reload).
+        """
+        self.llm.merge_adapter()
+        return self
+
+    @property
+    def lora_merged(self) -> bool:
+        """Whether `merge_lora` folded the adapters into the backbone."""
+        return any(getattr(module, "merged", False) for module in self.llm.modules())
 
     def save_pretrained(self, folder: str | Path) -> None:
-        """Write the model as a self-describing folder (config, safetensors, tokenizers, item cache)."""
+        """Write the model as a self-describing folder (config, safetensors, tokenizers, item cache).
+
+        Raises:
+            ConfigError: the model's LoRA is merged (`merge_lora`): save the model before merging.
+        """
         import peft
         import transformers
+
+        if self.lora_merged:
+            raise ConfigError(
+                "this model's LoRA is merged into the backbone for inference; save it before merge_lora()"
+            )
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

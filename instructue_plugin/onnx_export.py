@@ -109,10 +109,9 @@ def _load_export_copy(model_dir: Path) -> Any:
     """The model prepared for tracing: LoRA merged into the backbone, eager attention, no KV cache."""
     from .model import InstructUEModel
 
-    model = InstructUEModel.from_pretrained(model_dir)
-    # merge_adapter() folds B·A·scale into the base weights and turns the LoRA branches off: the traced graph
-    # holds plain merged projections, exactly what merge_and_unload() gives, while forward() keeps its structure.
-    model.llm.merge_adapter()
+    # Merging folds B·A·scale into the base weights and turns the LoRA branches off: the traced graph holds plain
+    # merged projections, exactly what merge_and_unload() gives, while forward() keeps its structure.
+    model = InstructUEModel.from_pretrained(model_dir).merge_lora()
     llm = model.llm.get_base_model()
     llm.set_attn_implementation("eager")  # sdpa's mask shortcuts depend on the traced example; eager does not
     llm.config.use_cache = False

@@ -1,7 +1,8 @@
 """Embedding speed on this CPU: PyTorch eager vs onnxruntime fp32 vs onnxruntime int8 (DESIGN §8).
 
 For each preset the model is built from the preset (untrained weights: speed does not depend on them), saved,
-and exported with its int8 variant. Each backend then embeds the same realistic Feast rows (Feast-shaped rows
+and exported with its int8 variant; PyTorch eager serves it as `instructue_plugin.load` serves a trained folder
+(LoRA merged into the backbone, as in the export). Each backend then embeds the same realistic Feast rows (Feast-shaped rows
 with up to 32 items per source and an instruction), at each batch size, with a warm item cache:
 
 - `graph`: the user-embedding graph alone on the prepared arrays (what the backends differ in);
@@ -200,7 +201,7 @@ def bench_preset(
         result["exporter"] = manifest["exporter"]["name"]
         result["export_parity"] = manifest["parity"]
         embedders = {
-            "pytorch_eager": TorchEmbedder(model),
+            "pytorch_eager": TorchEmbedder(model.merge_lora()),  # served as a trained folder is: LoRA merged
             "onnxruntime_fp32": OnnxEmbedder.from_export(export, providers=["CPUExecutionProvider"]),
             "onnxruntime_int8": OnnxEmbedder.from_export(export, variant="int8"),
         }

@@ -86,7 +86,6 @@ def run_demo(
     from instructue_plugin.embedder import TorchEmbedder
     from instructue_plugin.feast_store import open_store
     from instructue_plugin.materialize import materialize_embeddings
-    from instructue_plugin.model import InstructUEModel
     from instructue_plugin.onnx_export import export_model
     from instructue_plugin.onnx_runtime import OnnxEmbedder
 
@@ -176,7 +175,7 @@ def run_demo(
     done()
 
     done = _step(echo, f"7. the model describes the two users: {QUESTION!r}")
-    model = TorchEmbedder(InstructUEModel.from_pretrained(paths.model))
+    model = TorchEmbedder.from_pretrained(paths.model)
     for user in chosen:
         row = features.iloc[[pool.index(user)]]
         echo(f"   user {user} (actual top categories: {describe[user]}): {model.answer(row, QUESTION)!r}")

@@ -15,6 +15,7 @@ import instructue_plugin
 from instructue_plugin.config import USER_TOKEN, config_for_preset
 from instructue_plugin.embedder import TorchEmbedder
 from instructue_plugin.errors import (
+    ConfigError,
     CorruptModelError,
     DataValidationError,
     ModelNotFoundError,
@@ -134,6 +135,25 @@ def test_save_then_load_gives_bit_identical_embeddings(model, embedder, rows, tm
     loaded = instructue_plugin.load(tmp_path / "model")
     assert np.array_equal(loaded.embed(rows, FUND), embedder.embed(rows, FUND))
     assert np.array_equal(loaded.embed(rows), embedder.embed(rows))
+
+
+def test_a_served_folder_has_lora_merged_and_embeds_as_trained(rows, tmp_path):
+    trained = InstructUEModel.create(config_for_preset("tiny")).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained adapter: LoRA's B starts at zero
+        for name, parameter in trained.llm.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    trained.save_pretrained(tmp_path / "model")
+    served = instructue_plugin.load(tmp_path / "model")
+    assert served.model.lora_merged and not trained.lora_merged
+    as_trained = TorchEmbedder(trained).embed(rows, FUND)
+    np.testing.assert_allclose(served.embed(rows, FUND), as_trained, atol=1e-5)
+    with trained.llm.disable_adapter():
+        without_lora = TorchEmbedder(trained).embed(rows, FUND)
+    assert np.abs(without_lora - as_trained).max() > 1e-3  # the adapter matters, so the merge is what matches
+    with pytest.raises(ConfigError, match="merged"):  # its weights would apply LoRA twice on reload
+        served.model.save_pretrained(tmp_path / "again")
 
 
 def test_loading_refuses_other_schema_and_damaged_folders(model, tmp_path):
