@@ -2,8 +2,9 @@
 
 For each preset the model is built from the preset (untrained weights: speed does not depend on them), saved,
 and exported with its int8 variant; PyTorch eager serves it as `instructue_plugin.load` serves a trained folder
-(LoRA merged into the backbone, as in the export). Each backend then embeds the same realistic Feast rows (Feast-shaped rows
-with up to 32 items per source and an instruction), at each batch size, with a warm item cache:
+(LoRA merged into the backbone, as in the export). Each backend then embeds the same realistic Feast rows
+(Feast-shaped rows with up to 32 items per source and an instruction), at each batch size, with a warm item
+cache:
 
 - `graph`: the user-embedding graph alone on the prepared arrays (what the backends differ in);
 - `embed`: `Embedder.embed` end to end (featurize, lay out, look items up, run, normalize).
