@@ -43,9 +43,18 @@ def snapshot_tables(data_dir: Path) -> dict[str, Path]:
     return {name: _require(snapshots / f"{name}.parquet", f"snapshot table {name!r}") for name in names}
 
 
-def read_labels(data_dir: Path) -> pd.DataFrame:
-    """The labels table (user_id, split, cutoff, tasks, oracles)."""
-    return pd.read_parquet(_require(Path(data_dir) / LABELS, "labels.parquet"))
+def read_labels(data_dir: Path, *, required: tuple[str, ...] = (ENTITY_KEY, "split")) -> pd.DataFrame:
+    """The labels table (user_id, split; the generator's also cutoff, tasks, oracles).
+
+    Raises:
+        DataValidationError: no labels.parquet, or it lacks a `required` column.
+    """
+    path = _require(Path(data_dir) / LABELS, "labels.parquet")
+    labels = pd.read_parquet(path)
+    missing = [column for column in required if column not in labels.columns]
+    if missing:
+        raise DataValidationError(f"{path} has no column {', '.join(missing)} (columns: {list(labels.columns)})")
+    return labels
 
 
 def features_asof(data_dir: Path, entities: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +76,7 @@ def features_asof(data_dir: Path, entities: pd.DataFrame) -> pd.DataFrame:
     ):
         selects += [f's{i}."{c}"' for c in columns]
         joins.append(
-            f"ASOF LEFT JOIN read_parquet('{tables[name]}') s{i} ON e.{ENTITY_KEY} = s{i}.{ENTITY_KEY} "
+            f"ASOF LEFT JOIN read_parquet({sql_path(tables[name])}) s{i} ON e.{ENTITY_KEY} = s{i}.{ENTITY_KEY} "
             f"AND e.{TIMESTAMP_COLUMN} >= s{i}.{TIMESTAMP_COLUMN}"
         )
     query = (
@@ -140,7 +149,7 @@ def snapshot_times(data_dir: Path) -> list[pd.Timestamp]:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     union = " UNION ".join(
-        f"SELECT DISTINCT {TIMESTAMP_COLUMN} AS t FROM read_parquet('{path}')"
+        f"SELECT DISTINCT {TIMESTAMP_COLUMN} AS t FROM read_parquet({sql_path(path)})"
         for path in snapshot_tables(data_dir).values()
     )
     times = con.execute(f"SELECT t FROM ({union}) ORDER BY t").df()["t"]
@@ -148,8 +157,13 @@ def snapshot_times(data_dir: Path) -> list[pd.Timestamp]:
     return list(pd.to_datetime(times, utc=True))
 
 
+def sql_path(path: Path) -> str:
+    """A file path as a DuckDB string literal (quotes in the path doubled)."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def _sql_list(files: list[Path]) -> str:
-    return "[" + ", ".join(f"'{f}'" for f in files) + "]"
+    return "[" + ", ".join(sql_path(f) for f in files) + "]"
 
 
 def latest_features_sample(data_dir: Path, users: int, *, seed: int = 0) -> pd.DataFrame:

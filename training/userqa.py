@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from instructue_plugin.errors import DataValidationError
 from instructue_plugin.schema import ENTITY_KEY, PROFILE, SEQUENCE_SOURCES, TIMESTAMP_COLUMN
 
-from .data import features_asof, last_event_time, raw_events, read_labels, snapshot_tables, snapshot_times
+from .data import features_asof, last_event_time, raw_events, read_labels, snapshot_tables, snapshot_times, sql_path
 from .instructions import FAMILIES, GENERAL_FAMILY, HELD_OUT_FAMILIES
 
 logger = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def user_cutoffs(data_dir: Path, users: list[int], candidates: list[pd.Timestamp
     """Per user, the `candidates` (in their order) at which the user has a snapshot row in some source."""
     tables = snapshot_tables(data_dir).values()
     union = " UNION ".join(
-        f"SELECT {ENTITY_KEY}, epoch_us({TIMESTAMP_COLUMN}) AS us FROM read_parquet('{t}')" for t in tables
+        f"SELECT {ENTITY_KEY}, epoch_us({TIMESTAMP_COLUMN}) AS us FROM read_parquet({sql_path(t)})" for t in tables
     )
     con = duckdb.connect()
     con.register("wanted", pd.DataFrame({ENTITY_KEY: users}))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 
 import pandas as pd
+import pytest
 
-from training.data import last_event_time, raw_events
-from training.userqa import build_userqa, cutoff_candidates
+from instructue_plugin.errors import DataValidationError
+from training.data import features_asof, last_event_time, raw_events, read_labels
+from training.userqa import build_userqa, cutoff_candidates, train_users, user_cutoffs
 
 
 def test_cutoffs_do_not_depend_on_the_bill_source(small_data, tmp_path):
@@ -50,3 +52,23 @@ def test_raw_times_as_naive_timestamps_or_unix_seconds_read_as_utc(small_data, t
     pd.testing.assert_frame_equal(raw_events(data, "bill"), bill, check_dtype=False)
     pd.testing.assert_frame_equal(raw_events(data, "search"), search, check_dtype=False)
     assert last_event_time(data) == newest
+
+
+def test_a_data_folder_whose_path_holds_a_quote_reads_like_any_other(small_data, tmp_path):
+    data = shutil.copytree(small_data, tmp_path / "team's data")
+    assert last_event_time(data) == last_event_time(small_data)
+    pd.testing.assert_frame_equal(raw_events(data, "app"), raw_events(small_data, "app"))
+    assert cutoff_candidates(data) == cutoff_candidates(small_data)
+    entities = pd.DataFrame({"user_id": [1, 2], "event_timestamp": [pd.Timestamp("2026-07-01", tz="UTC")] * 2})
+    pd.testing.assert_frame_equal(features_asof(data, entities), features_asof(small_data, entities))
+    users = train_users(data)[:5]
+    assert user_cutoffs(data, users, cutoff_candidates(data)) == user_cutoffs(
+        small_data, users, cutoff_candidates(small_data)
+    )
+
+
+def test_labels_without_a_split_column_are_refused_by_name(small_data, tmp_path):
+    data = shutil.copytree(small_data, tmp_path / "data")
+    read_labels(data).drop(columns="split").to_parquet(data / "labels.parquet")
+    with pytest.raises(DataValidationError, match="no column split"):
+        build_userqa(data, seed=0, progress=False)

@@ -66,7 +66,7 @@ def eval_rows(settings: EvalSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """
     if settings.max_users is not None and settings.max_users < 1:
         raise ConfigError(f"max_users must be at least 1, got {settings.max_users}")
-    labels = read_labels(settings.data)
+    labels = read_labels(settings.data, required=(ENTITY_KEY, "split", "cutoff"))
     labels = labels[labels["split"] == "eval"].sort_values(ENTITY_KEY).reset_index(drop=True)
     if settings.max_users is not None and len(labels) > settings.max_users:
         labels = labels.sample(settings.max_users, random_state=settings.seed).sort_values(ENTITY_KEY)
