@@ -61,12 +61,17 @@ def run(
         `{CASE: {ROWS: {"p50_ms": ..., "p99_ms": ...}}}` with ROWS as strings ("1", "32"), as in the JSON.
 
     Raises:
-        ConfigError: the repo lacks users, or the instruction's embeddings are not materialized.
+        ConfigError: `repeats` below 1, an unknown instruction id, the repo lacks users, or the six views or the
+            instruction's embeddings are not materialized (the reads would time empty rows).
     """
     from instructue_plugin.feast_store import open_store
 
+    if repeats < 1:
+        raise ConfigError(f"repeats must be at least 1, got {repeats}")
     repo = Path(repo_path).expanduser().resolve()
     instructions = {i.id: i for i in load_instructions(instructions_file or repo / INSTRUCTIONS_FILE)}
+    if instruction_id is not None and instruction_id not in instructions:
+        raise ConfigError(f"no instruction {instruction_id!r} in the instructions file; known: {sorted(instructions)}")
     instruction = instructions[instruction_id] if instruction_id else next(iter(instructions.values()))
     store = open_store(repo)
     user_ids = latest_snapshot_times(store).column(schema.ENTITY_KEY).to_pylist()
@@ -127,6 +132,15 @@ def _time_reads(read: Callable[[list[int]], Any], user_ids: list[int], *, rows: 
 
 
 def _check_materialized(store: Any, user_id: int, instruction_id: str) -> None:
+    """Refuse a repo whose online store lacks `user_id`'s behaviour or its embedding under `instruction_id`."""
+    behaviour = store.get_online_features(
+        features=schema.feature_refs(), entity_rows=[{schema.ENTITY_KEY: user_id}]
+    ).to_dict()
+    if all(values[0] is None for name, values in behaviour.items() if name != schema.ENTITY_KEY):
+        raise ConfigError(
+            f"the online store holds none of user {user_id}'s six behaviour views; run `feast materialize` "
+            "for them first (the raw and on-read cases would time empty reads)"
+        )
     response = store.get_online_features(
         features=[f"{VIEW_NAME}:embedding"],
         entity_rows=[{schema.ENTITY_KEY: user_id, INSTRUCTION_KEY: instruction_id}],

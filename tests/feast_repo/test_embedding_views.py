@@ -33,7 +33,7 @@ from instructue_plugin.errors import ConfigError, DataValidationError, ModelNotF
 from instructue_plugin.feast_definitions import snapshot_path
 from instructue_plugin.materialize import _offline_copy_dir, load_instructions, materialize_embeddings, state_path
 from instructue_plugin.model import InstructUEModel
-from tests.feast_repo.conftest import FEAST, apply_repo_copy, write_snapshot_dataset
+from tests.feast_repo.conftest import FEAST, REPO_SOURCE, apply_repo_copy, run_feast, write_snapshot_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:fetch_arrow_table:DeprecationWarning")
 
@@ -462,6 +462,30 @@ def test_bench_online_reports_each_case(applied_repo, model_env, materialized, i
         for figures in report[case].values():
             assert 0 < figures["p50_ms"] <= figures["p99_ms"]
     assert "materialized" in format_table(report)
+
+
+def test_bench_online_refuses_what_would_time_empty_reads(
+    applied_repo, model_dir, instructions_file, snapshot_data_dir, tmp_path
+) -> None:
+    import shutil
+
+    from training.bench_online import run
+
+    report_path = tmp_path / "bench-online.json"
+    with pytest.raises(ConfigError, match="no instruction 'nope'.*fund"):
+        run(applied_repo, report_path=report_path, instruction_id="nope", instructions_file=instructions_file)
+    with pytest.raises(ConfigError, match="repeats"):
+        run(applied_repo, report_path=report_path, repeats=0, instructions_file=instructions_file)
+    # Applied and its embeddings materialized (which needs no `feast materialize`), but the six views never loaded.
+    repo = tmp_path / "feast_repo"
+    shutil.copytree(REPO_SOURCE, repo, ignore=shutil.ignore_patterns("*.db", "data", "__pycache__"))
+    run_feast(repo, "apply", data_dir=snapshot_data_dir)
+    materialize_embeddings(
+        repo, instructions_file=instructions_file, model_path=model_dir, batch_size=16, progress=False
+    )
+    with pytest.raises(ConfigError, match="six behaviour views.*feast materialize"):
+        run(repo, report_path=report_path, repeats=3, instructions_file=instructions_file)
+    assert not report_path.exists()
 
 
 # ----- the instructions file -------------------------------------------------------------------------------
