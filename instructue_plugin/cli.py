@@ -328,18 +328,18 @@ def bench_synth(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Generator throughput and peak memory -> reports/bench-synth.json."""
-    from training.bench_synth import run
+    from training.bench_synth import format_table, run
 
     report = run(users, out_dir=out, seed=seed, report_path=REPORTS / "bench-synth.json", progress=True)
-    typer.echo(json.dumps(report, indent=2))
+    typer.echo(format_table(report))
 
 
 @bench_app.command("train")
 @_friendly_errors
 def bench_train(
     presets: Annotated[str, typer.Option(help="Comma-separated presets.")] = "tiny,smol-cpu",
-    batch_size: Annotated[int, typer.Option(help="Triplets per step.")] = 16,
-    steps: Annotated[int, typer.Option(help="Timed steps per preset.")] = 5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Triplets per step.")] = 16,
+    steps: Annotated[int, typer.Option(min=1, help="Timed steps per preset.")] = 5,
 ) -> None:
     """Training samples/s and seconds per step -> reports/bench-train.json."""
     from training.bench_train import format_table, run
@@ -400,7 +400,7 @@ def bench_int8(
 @_friendly_errors
 def bench_online(
     repo: Annotated[Path, typer.Option(help="An applied and materialized Feast repo.")] = Path("feast_repo"),
-    repeats: Annotated[int, typer.Option(help="Reads per case.")] = 200,
+    repeats: Annotated[int, typer.Option(min=1, help="Reads per case.")] = 200,
 ) -> None:
     """get_online_features latency: raw, materialized and on-read embeddings -> reports/bench-online.json."""
     from training.bench_online import format_table, run

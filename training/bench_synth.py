@@ -133,3 +133,21 @@ def run(
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     logger.info("bench synth: %s", report)
     return report
+
+
+def format_table(report: dict) -> str:
+    """The report as a plain-text table (for the CLI)."""
+    targets = report["targets"]
+    rows = [
+        ("users", f"{report['users']:,}", ""),
+        ("seconds", f"{report['seconds']:.1f}", f"<= {targets['seconds_max']:.0f}"),
+        ("users/s", f"{report['users_per_s']:,.0f}", ""),
+        ("events", f"{report['events']:,}", ""),
+        ("events/s", f"{report['events_per_s']:,.0f}", ""),
+        ("peak RSS MB", f"{report['peak_rss_mb']:,.0f}", f"<= {targets['peak_rss_mb_max']:,}"),
+        ("disk MB", f"{report['disk_mb']:,.0f}", ""),
+    ]
+    lines = [f"{'figure':<12}{'value':>16}  target"]
+    lines += [f"{name:<12}{value:>16}  {target}" for name, value, target in rows]
+    lines.append(f"targets met: {'yes' if report['meets_targets'] else 'no'}")
+    return "\n".join(lines)
