@@ -48,6 +48,7 @@ from .manifest import (
     USER_GRAPH_FILE,
     USER_GRAPH_INT8_FILE,
     USER_OUTPUT,
+    sha256_file,
     write_manifest,
 )
 from .onnx_int8 import (
@@ -392,6 +393,20 @@ def _catalog_texts(model_dir: Path) -> list[str]:
 # ----- the export -------------------------------------------------------------------------------------------
 
 
+def export_is_of(export_dir: str | Path, model_dir: str | Path) -> bool:
+    """Whether `export_dir` holds an export made from `model_dir`'s current weights (their sha256 matches)."""
+    from .model import WEIGHTS_FILE
+
+    manifest, weights = Path(export_dir) / MANIFEST_FILE, Path(model_dir) / WEIGHTS_FILE
+    if not manifest.is_file() or not weights.is_file():
+        return False
+    try:
+        recorded = json.loads(manifest.read_text()).get("source_model_sha256")
+    except (OSError, ValueError):
+        return False
+    return recorded == sha256_file(weights)
+
+
 def export_model(
     model_dir: str | Path,
     out_dir: str | Path,
@@ -430,7 +445,7 @@ def export_model(
         ExportError: `out_dir` holds something else, or a graph fails the ONNX checker.
         ExportParityError: onnxruntime's outputs differ from PyTorch's by more than `tolerance`.
     """
-    from .model import InstructUEModel
+    from .model import WEIGHTS_FILE, InstructUEModel
 
     say = progress or (lambda message: logger.info("%s", message))
     model_dir, out_dir = Path(model_dir).expanduser(), Path(out_dir).expanduser()
@@ -494,6 +509,7 @@ def export_model(
             {
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "source_model": str(model_dir.resolve()),
+                "source_model_sha256": sha256_file(model_dir / WEIGHTS_FILE),
                 "versions": _versions(),
                 "model": reference.config.model_dump(),
                 "llm_config": reference.llm_config,

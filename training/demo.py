@@ -86,7 +86,7 @@ def run_demo(
     from instructue_plugin.embedder import TorchEmbedder
     from instructue_plugin.feast_store import open_store
     from instructue_plugin.materialize import materialize_embeddings
-    from instructue_plugin.onnx_export import export_model
+    from instructue_plugin.onnx_export import export_is_of, export_model
     from instructue_plugin.onnx_runtime import OnnxEmbedder
 
     from .evaluate.report import write_report
@@ -124,7 +124,7 @@ def run_demo(
     done()
 
     done = _step(echo, f"4. ONNX export -> {paths.export}")
-    if not (paths.export / "manifest.json").exists():
+    if not export_is_of(paths.export, paths.model):  # none yet, or made from other weights: (re)export
         export_model(paths.model, paths.export)
     done()
 
@@ -145,10 +145,13 @@ def run_demo(
     done = _step(echo, "6. two users, read back from Feast")
     labels = read_labels(paths.data)
     held_out = labels[labels["split"] == "eval"]
-    chosen = [
-        int(held_out.loc[held_out["fund_purchase"] == 1, "user_id"].iloc[0]),
-        int(held_out.loc[held_out["travel_coupon"] == 1, "user_id"].iloc[0]),
-    ]
+    fund_buyers = held_out.loc[held_out["fund_purchase"] == 1, "user_id"].astype(int).tolist()
+    travellers = held_out.loc[held_out["travel_coupon"] == 1, "user_id"].astype(int).tolist()
+    if not fund_buyers or not set(travellers) - set(fund_buyers[:1]):
+        raise ConfigError(
+            f"the {len(held_out)} held-out users lack a fund buyer and another travel-coupon user: generate more users"
+        )
+    chosen = [fund_buyers[0], next(u for u in travellers if u != fund_buyers[0])]
     rows = [{"user_id": u, "instruction_id": i} for u in chosen for i in ("general", "fund", "travel")]
     online = store.get_online_features(features=["user_embedding_materialized:embedding"], entity_rows=rows)
     for row, vector in zip(rows, online.to_dict()["embedding"], strict=True):

@@ -24,7 +24,7 @@ from instructue_plugin.errors import ConfigError, CorruptModelError, SchemaMisma
 from instructue_plugin.featurize import featurize
 from instructue_plugin.manifest import MANIFEST_FILE, USER_GRAPH_FILE, read_manifest
 from instructue_plugin.model import InstructUEModel
-from instructue_plugin.onnx_export import ExportError, ExportParityError, export_model
+from instructue_plugin.onnx_export import ExportError, ExportParityError, export_is_of, export_model
 from instructue_plugin.onnx_runtime import OnnxEmbedder, clear_session_cache, gpu_status, graph_trt_cache_dir
 from instructue_plugin.schema import SCHEMA_HASH
 from instructue_plugin.sequence import GRAPH_INPUT_NAMES
@@ -102,6 +102,16 @@ def test_manifest_describes_the_export(export_dir, model_dir):
     assert parity["item_encoder"]["catalog"]["texts"] == len(catalog) > 0
     expected = {"user_embedding.onnx", "user_embedding.int8.onnx", "item_encoder.onnx", "llm_tokenizer.json"}
     assert expected | {"item_tokenizer.json", "item_cache.npy", "item_cache.json"} <= set(manifest["files"])
+
+
+def test_an_export_knows_the_weights_it_was_made_from(export_dir, model_dir, tmp_path):
+    assert export_is_of(export_dir, model_dir)
+    retrained = InstructUEModel.from_pretrained(model_dir)
+    with torch.no_grad():
+        retrained.head.weight.add_(0.01)  # e.g. a longer training run saved into the same folder
+    retrained.save_pretrained(tmp_path / "retrained")
+    assert not export_is_of(export_dir, tmp_path / "retrained")
+    assert not export_is_of(tmp_path / "no-export", model_dir)
 
 
 @pytest.mark.parametrize(
