@@ -2,7 +2,8 @@
 
 An export folder (written by `onnx_export.export_model`, read by `onnx_runtime.OnnxEmbedder`):
 
-    manifest.json              format, versions, schema hash, config, graphs, parity, fp16-safe norms, hashes
+    manifest.json              format, versions, schema hash, source weights' sha256, config, graphs, parity,
+                               fp16-safe norms, hashes
     user_embedding.onnx        the ten graph inputs of `sequence.GRAPH_INPUT_NAMES` -> `user_embedding` (B, E)
     user_embedding.int8.onnx   optional: the same graph with per-channel dynamic int8 weights (CPU variant)
     item_encoder.onnx          input_ids, attention_mask (N, T) -> `item_vector` (N, D), mean-pooled, L2-normalized
