@@ -442,6 +442,14 @@ def export(
             'fp32); "" quantizes them all. Default: the first decoder layer\'s down projection.'
         ),
     ] = None,
+    int8_outlier_channels: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Intermediate channels per decoder MLP the int8 variant computes in fp32 (those with the largest "
+            "activations on the calibration rows); 0 splits none. Default: 32.",
+        ),
+    ] = None,
     calibration_data: Annotated[
         Path | None,
         typer.Option(
@@ -453,16 +461,25 @@ def export(
     """Export a trained model to ONNX, check it (checker and parity with PyTorch) and write a manifest."""
     from .onnx_export import MAX_PARITY_FEATURE_ROWS, export_model
 
-    if int8_keep_fp32 is not None and not int8:
-        raise ConfigError("--int8-keep-fp32 needs --int8")
+    if (int8_keep_fp32 is not None or int8_outlier_channels is not None) and not int8:
+        raise ConfigError("--int8-keep-fp32 and --int8-outlier-channels need --int8")
     keep = _int8_keep_fp32(int8_keep_fp32)
+    outliers = {} if int8_outlier_channels is None else {"int8_outlier_channels": int8_outlier_channels}
     features = None
     if calibration_data is not None:
         from training.data import latest_features_sample
 
         features = latest_features_sample(calibration_data, MAX_PARITY_FEATURE_ROWS)
         typer.echo(f"calibrating with the latest rows of {len(features)} users of {calibration_data}")
-    folder = export_model(model, out, int8=int8, int8_keep_fp32=keep, parity_features=features, progress=typer.echo)
+    folder = export_model(
+        model,
+        out,
+        int8=int8,
+        int8_keep_fp32=keep,
+        parity_features=features,
+        **outliers,
+        progress=typer.echo,
+    )
     typer.echo(f"export written to {folder}")
 
 

@@ -53,12 +53,15 @@ from .manifest import (
 )
 from .onnx_int8 import (
     DEFAULT_KEEP_FP32,
+    OUTLIER_CHANNELS,
+    OUTLIER_FRAGMENT,
     SMOOTHING_ALPHA,
     int8_parity,
     quantize_int8,
     quiet_loggers,
     recording_activation_peaks,
     smooth_activations,
+    split_outlier_channels,
 )
 from .onnx_runtime import cpu_session
 from .sequence import GRAPH_INPUT_NAMES
@@ -413,6 +416,7 @@ def export_model(
     *,
     int8: bool = False,
     int8_keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32,
+    int8_outlier_channels: int = OUTLIER_CHANNELS,
     opset: int | None = None,
     exporter: Exporter = "auto",
     tolerance: float = 1e-4,
@@ -429,6 +433,8 @@ def export_model(
         int8_keep_fp32: projections the int8 variant keeps in fp32, by module name (e.g. "down_proj"): slower,
             closer to fp32 (default: the first layer's down projection; `()` quantizes all; see
             `onnx_int8.quantize_int8`).
+        int8_outlier_channels: intermediate channels per decoder MLP the int8 variant computes in fp32: those with
+            the largest activations (see `onnx_int8.split_outlier_channels`; 0 splits none).
         opset: ONNX opset (default: 17 for the legacy exporter, 18 for dynamo).
         exporter: "legacy" (`dynamo=False`), "dynamo", or "auto" (legacy, falling back to dynamo, logged).
         tolerance: largest max-abs difference allowed between onnxruntime (fp32) and PyTorch.
@@ -493,6 +499,7 @@ def export_model(
                     cases=(random_users, real_users),
                     activation_peaks=activation_peaks,
                     keep_fp32=int8_keep_fp32,
+                    outlier_channels=int8_outlier_channels,
                 )
         say("copying tokenizers and precomputing the catalog's item vectors")
         shutil.copyfile(model_dir / LLM_TOKENIZER_FILE, staging / LLM_TOKENIZER_FILE)
@@ -559,11 +566,14 @@ def _export_int8(
     cases: tuple[list, list],
     activation_peaks: dict,
     keep_fp32: Sequence[str],
+    outlier_channels: int,
 ) -> dict[str, Any]:
-    """Smooth the export copy (in place, with the peaks recorded on the real cases), export it again and
-    quantize it into `folder`; returns its parity."""
+    """Smooth the export copy and split off its MLPs' outlier channels (in place, with the peaks recorded on the
+    real cases), export it again and quantize it into `folder`, the outlier projections kept fp32; returns its
+    parity."""
     random_users, real_users = cases
     smoothed = smooth_activations(export_copy, activation_peaks, alpha=SMOOTHING_ALPHA)
+    split = split_outlier_channels(export_copy, activation_peaks, channels=outlier_channels)
     _export_graph(
         export_copy,
         {name: real_users[0][name] for name in GRAPH_INPUT_NAMES},
@@ -575,11 +585,18 @@ def _export_int8(
         max_sizes={"seq": _max_positions(export_copy)},
         out_dim=export_copy.config.embedding_dim,
     )
-    kept = quantize_int8(scratch / USER_GRAPH_FILE, folder / USER_GRAPH_INT8_FILE, scratch, keep_fp32=keep_fp32)
+    kept = quantize_int8(
+        scratch / USER_GRAPH_FILE,
+        folder / USER_GRAPH_INT8_FILE,
+        scratch,
+        keep_fp32=keep_fp32,
+        always_fp32=(OUTLIER_FRAGMENT,) if split else (),
+    )
     _check(folder / USER_GRAPH_INT8_FILE)
     return int8_parity(folder, random_users, real_users) | {
         "smoothed": smoothed,
         "smoothing_alpha": SMOOTHING_ALPHA,
+        "outlier_channels": {"per_mlp": outlier_channels if split else 0, "mlps_split": split},
         "matmuls": kept | {"kept_fp32_requested": list(keep_fp32)},
     }
 

@@ -2,11 +2,12 @@
 
 Dynamic int8 quantizes weights per output channel and activations with one scale per tensor, at run time. The
 decoder MLPs' down projections see activations with a few huge channels (pretrained LLMs), so before
-quantizing, the export copy is smoothed (SmoothQuant, folded into the weights: the fp32 function is unchanged)
-and exported again; then only matmuls with constant weights are quantized (attention's activation products and
-the token-embedding table stay fp32). The smoothing's activation maxima come from the export's real parity
-cases: generated example rows, plus the users of `--calibration-data` when given, whose activations are those
-the served graph will see.
+quantizing, the export copy is smoothed (SmoothQuant, folded into the weights: the fp32 function is unchanged),
+each MLP's few largest intermediate channels are split into projections of their own that stay fp32
+(LLM.int8()'s decomposition), and the copy is exported again; then only matmuls with constant weights are
+quantized (attention's activation products and the token-embedding table stay fp32). The activation maxima
+come from the export's real parity cases: generated example rows, plus the users of `--calibration-data` when
+given, whose activations are those the served graph will see.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ SMOOTHING_ALPHA = 0.8
 # trained smol-cpu models it carries most of the int8 error (see `quantize_int8`), for a few per cent of the
 # int8 speed (README, "int8 on CPUs").
 DEFAULT_KEEP_FP32: tuple[str, ...] = ("layers.0/mlp/down_proj",)
+
+
+# Intermediate channels per decoder MLP that the int8 variant computes in fp32 (an LLM.int8()-style decomposition,
+# see `split_outlier_channels`): the channels with the largest activations on the calibration rows.
+OUTLIER_CHANNELS = 32
+# Name fragment of the outlier channels' projections in the graph: always kept fp32.
+OUTLIER_FRAGMENT = "_outliers/"
 
 
 # Linear layers smoothed together, by the activation X they read:
@@ -125,6 +133,77 @@ def smooth_activations(model: Any, peaks: dict[tuple[int, str], Any], *, alpha: 
     return counts
 
 
+def _split_mlp(mlp: Any, outliers: Any) -> Any:
+    """An `nn.Module` computing the gated `mlp`'s function with the `outliers` intermediate channels split off.
+
+    gate/up/down_proj keep every other channel; gate/up/down_outliers compute the outlier channels; the two down
+    projections' outputs are added. In the graph they are separate matmuls, so the quantizer can keep the small
+    outlier ones in fp32.
+    """
+    import torch
+    from torch import nn
+
+    gate, up, down = (_plain_linear(getattr(mlp, f"{name}_proj")) for name in ("gate", "up", "down"))
+    is_outlier = torch.zeros(gate.out_features, dtype=torch.bool)
+    is_outlier[outliers] = True
+    kept, split = (~is_outlier).nonzero().squeeze(1), is_outlier.nonzero().squeeze(1)
+
+    def rows(linear: Any, index: Any) -> Any:
+        out = nn.Linear(linear.in_features, len(index), bias=linear.bias is not None)
+        out.weight.data = linear.weight.data[index].clone()
+        if linear.bias is not None:
+            out.bias.data = linear.bias.data[index].clone()
+        return out
+
+    def columns(linear: Any, index: Any, *, with_bias: bool) -> Any:
+        out = nn.Linear(len(index), linear.out_features, bias=with_bias and linear.bias is not None)
+        out.weight.data = linear.weight.data[:, index].clone()
+        if out.bias is not None:
+            out.bias.data = linear.bias.data.clone()
+        return out
+
+    class SplitMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate_proj, self.up_proj = rows(gate, kept), rows(up, kept)
+            self.down_proj = columns(down, kept, with_bias=True)
+            self.gate_outliers, self.up_outliers = rows(gate, split), rows(up, split)
+            self.down_outliers = columns(down, split, with_bias=False)
+            self.act_fn = mlp.act_fn
+
+        def forward(self, x: Any) -> Any:
+            main = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+            return main + self.down_outliers(self.act_fn(self.gate_outliers(x)) * self.up_outliers(x))
+
+    return SplitMLP()
+
+
+def split_outlier_channels(model: Any, peaks: dict[tuple[int, str], Any], *, channels: int) -> int:
+    """Split each decoder MLP's `channels` largest intermediate channels into their own projections, in place.
+
+    The down projections read silu(gate) * up, in which a few channels are hundreds of times larger than the
+    rest; dynamic int8 gives that activation one scale, and smoothing moves the excess into the weights'
+    columns, where it inflates every output channel's weight scale. With those channels computed apart (and
+    kept fp32: a few % of one MLP's work), the rest quantizes finely (LLM.int8()'s mixed-precision
+    decomposition). Channels are ranked by the activation maxima `peaks` (from `recording_activation_peaks`).
+
+    Returns:
+        The number of MLPs split (0 for a backbone without gated MLPs, or `channels` 0).
+    """
+    if channels <= 0:
+        return 0
+    layers = model.llm.get_base_model().get_decoder().layers
+    count = 0
+    for i, layer in enumerate(layers):
+        peak = peaks.get((i, "mlp_inner"))
+        if peak is None:
+            continue
+        outliers = peak.topk(min(channels, peak.numel() - 1)).indices
+        layer.mlp = _split_mlp(layer.mlp, outliers)
+        count += 1
+    return count
+
+
 def _modules(parent: Any, names: str) -> list[Any]:
     """The plain linear layers `<name>_proj` of `parent` (AttributeError when one is missing)."""
     return [_plain_linear(getattr(parent, f"{name}_proj")) for name in names.split()]
@@ -136,14 +215,20 @@ def _plain_linear(module: Any) -> Any:
 
 
 def quantize_int8(
-    source: Path, target: Path, scratch: Path, *, keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32
+    source: Path,
+    target: Path,
+    scratch: Path,
+    *,
+    keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32,
+    always_fp32: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Per-channel dynamic int8 weights for the matmuls with constant weights (per-tensor damages neighbours).
 
     Dynamic int8 gives each activation tensor one scale for the whole batch. The MLP down projections read
     silu(gate) * up, whose few huge channels survive smoothing (measured on a trained smol-cpu model: the first
     layer's down projection causes most of the error). `keep_fp32` names module fragments (e.g. "down_proj")
-    whose matmuls stay fp32: slower, closer to fp32; `()` quantizes them all.
+    whose matmuls stay fp32: slower, closer to fp32; `()` quantizes them all. `always_fp32` names fragments kept
+    in fp32 besides (the outlier channels' projections), not reported as kept on request.
 
     Returns:
         How many matmuls were quantized and kept in fp32, and the names of the kept nodes.
@@ -160,7 +245,7 @@ def quantize_int8(
     del model.graph.value_info[:]
     constants = {tensor.name for tensor in model.graph.initializer}
     weighted = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constants]
-    excluded = [name for name in weighted if any(fragment in name for fragment in keep_fp32)]
+    excluded = [name for name in weighted if any(fragment in name for fragment in (*keep_fp32, *always_fp32))]
     unmatched = [fragment for fragment in keep_fp32 if not any(fragment in name for name in weighted)]
     if unmatched and tuple(keep_fp32) != DEFAULT_KEEP_FP32:
         raise ConfigError(f"--int8-keep-fp32 {', '.join(unmatched)}: no matmul of the user graph has that name")

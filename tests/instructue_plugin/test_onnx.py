@@ -25,6 +25,7 @@ from instructue_plugin.featurize import featurize
 from instructue_plugin.manifest import MANIFEST_FILE, USER_GRAPH_FILE, read_manifest
 from instructue_plugin.model import InstructUEModel
 from instructue_plugin.onnx_export import ExportError, ExportParityError, export_is_of, export_model
+from instructue_plugin.onnx_int8 import OUTLIER_CHANNELS, OUTLIER_FRAGMENT
 from instructue_plugin.onnx_runtime import OnnxEmbedder, clear_session_cache, gpu_status, graph_trt_cache_dir
 from instructue_plugin.schema import SCHEMA_HASH
 from instructue_plugin.sequence import GRAPH_INPUT_NAMES
@@ -93,10 +94,19 @@ def test_manifest_describes_the_export(export_dir, model_dir):
     assert parity["user_embedding_int8"]["real_min_cosine"] >= 0.99
     assert parity["user_embedding_int8"]["smoothed"] == {"attention_input": 2, "mlp_input": 2, "mlp_inner": 2}
     assert export_dir.stat().st_mode & 0o777 == 0o755  # readable by a server running as another user
-    # 2 layers x 7 projections: by default all but the first layer's down projection are quantized.
+    # 2 layers x 7 projections, each MLP's outlier channels split into 3 more: by default all but the first
+    # layer's down projection and the outlier channels' projections are quantized.
+    assert parity["user_embedding_int8"]["outlier_channels"] == {"per_mlp": OUTLIER_CHANNELS, "mlps_split": 2}
     matmuls = parity["user_embedding_int8"]["matmuls"]
-    assert matmuls["kept_fp32"] == 1 and matmuls["kept_fp32_requested"] == ["layers.0/mlp/down_proj"]
-    assert [n for n in matmuls["kept_fp32_nodes"] if "layers.0/mlp/down_proj" in n] == matmuls["kept_fp32_nodes"]
+    assert matmuls["kept_fp32"] == 7 and matmuls["kept_fp32_requested"] == ["layers.0/mlp/down_proj"]
+    outliers = [n for n in matmuls["kept_fp32_nodes"] if OUTLIER_FRAGMENT in n]
+    assert len(outliers) == 6 and {n.split("/")[-2] for n in outliers} == {
+        "gate_outliers",
+        "up_outliers",
+        "down_outliers",
+    }
+    requested = [n for n in matmuls["kept_fp32_nodes"] if n not in outliers]
+    assert len(requested) == 1 and "layers.0/mlp/down_proj" in requested[0]
     assert matmuls["quantized"] >= 13
     catalog = json.loads((model_dir / "item_cache.json").read_text())
     assert parity["item_encoder"]["catalog"]["texts"] == len(catalog) > 0
@@ -141,6 +151,44 @@ def test_int8_can_keep_named_projections_in_fp32(export_dir, tmp_path):
     assert everything == {"quantized": counts["quantized"] + 2, "kept_fp32": 0, "kept_fp32_nodes": []}
     with pytest.raises(ConfigError, match="no_such_proj"):
         quantize_int8(export_dir / USER_GRAPH_FILE, tmp_path / "x.onnx", tmp_path, keep_fp32=("no_such_proj",))
+
+
+def test_splitting_outlier_channels_keeps_the_function_and_picks_the_largest(model_dir, rows):
+    from instructue_plugin.onnx_int8 import recording_activation_peaks, split_outlier_channels
+
+    model = InstructUEModel.from_pretrained(model_dir).merge_lora().eval()
+    embedder = TorchEmbedder(model)
+    with recording_activation_peaks(model) as peaks:
+        before = embedder.embed(rows, FUND)
+    assert split_outlier_channels(model, peaks, channels=5) == 2  # both layers' MLPs
+    np.testing.assert_allclose(embedder.embed(rows, FUND), before, atol=1e-5)
+    first = model.llm.get_base_model().get_decoder().layers[0].mlp
+    intermediate = first.gate_proj.out_features + first.gate_outliers.out_features
+    assert first.gate_outliers.out_features == 5 and first.down_proj.in_features == intermediate - 5
+    largest = set(peaks[(0, "mlp_inner")].topk(5).indices.tolist())
+    original = InstructUEModel.from_pretrained(model_dir).merge_lora()
+    gate = original.llm.get_base_model().get_decoder().layers[0].mlp.gate_proj.base_layer.weight
+    picked = {int(i) for i, row in enumerate(gate) for out in first.gate_outliers.weight if torch.equal(row, out)}
+    assert picked == largest
+
+
+def test_outlier_channels_in_fp32_bring_int8_closer_when_activations_have_outliers(model_dir, tmp_path):
+    model = InstructUEModel.from_pretrained(model_dir)
+    with torch.no_grad():  # a few intermediate channels far larger than the rest, as in pretrained LLMs
+        for layer in model.llm.get_base_model().get_decoder().layers:
+            layer.mlp.up_proj.base_layer.weight[:4] *= 60.0
+    model.save_pretrained(tmp_path / "model")
+    cosine = {}
+    for channels in (0, 4):
+        export = export_model(
+            tmp_path / "model",
+            tmp_path / f"export-{channels}",
+            int8=True,
+            int8_keep_fp32=(),
+            int8_outlier_channels=channels,
+        )
+        cosine[channels] = read_manifest(export)["parity"]["user_embedding_int8"]["real_mean_cosine"]
+    assert 1 - cosine[4] < 0.5 * (1 - cosine[0])
 
 
 def test_the_default_fp32_projection_is_optional_for_backbones_that_name_layers_otherwise(
