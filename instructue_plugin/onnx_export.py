@@ -573,7 +573,7 @@ def _export_int8(
     parity."""
     random_users, real_users = cases
     smoothed = smooth_activations(export_copy, activation_peaks, alpha=SMOOTHING_ALPHA)
-    split = split_outlier_channels(export_copy, activation_peaks, channels=outlier_channels)
+    split = split_outlier_channels(export_copy, activation_peaks, channels=outlier_channels, keep_fp32=keep_fp32)
     _export_graph(
         export_copy,
         {name: real_users[0][name] for name in GRAPH_INPUT_NAMES},

@@ -178,7 +178,9 @@ def _split_mlp(mlp: Any, outliers: Any) -> Any:
     return SplitMLP()
 
 
-def split_outlier_channels(model: Any, peaks: dict[tuple[int, str], Any], *, channels: int) -> int:
+def split_outlier_channels(
+    model: Any, peaks: dict[tuple[int, str], Any], *, channels: int, keep_fp32: Sequence[str] = ()
+) -> int:
     """Split each decoder MLP's `channels` largest intermediate channels into their own projections, in place.
 
     The down projections read silu(gate) * up, in which a few channels are hundreds of times larger than the
@@ -186,6 +188,8 @@ def split_outlier_channels(model: Any, peaks: dict[tuple[int, str], Any], *, cha
     columns, where it inflates every output channel's weight scale. With those channels computed apart (and
     kept fp32: a few % of one MLP's work), the rest quantizes finely (LLM.int8()'s mixed-precision
     decomposition). Channels are ranked by the activation maxima `peaks` (from `recording_activation_peaks`).
+    An MLP whose down projection `keep_fp32` names (as `quantize_int8` matches graph nodes) is left whole: its
+    outliers are already computed in fp32.
 
     Returns:
         The number of MLPs split (0 for a backbone without gated MLPs, or `channels` 0).
@@ -196,7 +200,7 @@ def split_outlier_channels(model: Any, peaks: dict[tuple[int, str], Any], *, cha
     count = 0
     for i, layer in enumerate(layers):
         peak = peaks.get((i, "mlp_inner"))
-        if peak is None:
+        if peak is None or any(f and f in f"/layers.{i}/mlp/down_proj/" for f in keep_fp32):
             continue
         outliers = peak.topk(min(channels, peak.numel() - 1)).indices
         layer.mlp = _split_mlp(layer.mlp, outliers)
