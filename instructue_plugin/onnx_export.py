@@ -400,14 +400,9 @@ def export_is_of(export_dir: str | Path, model_dir: str | Path) -> bool:
     """Whether `export_dir` holds an export made from `model_dir`'s current weights (their sha256 matches)."""
     from .model import WEIGHTS_FILE
 
-    manifest, weights = Path(export_dir) / MANIFEST_FILE, Path(model_dir) / WEIGHTS_FILE
-    if not manifest.is_file() or not weights.is_file():
-        return False
-    try:
-        recorded = json.loads(manifest.read_text()).get("source_model_sha256")
-    except (OSError, ValueError):
-        return False
-    return recorded == sha256_file(weights)
+    weights = Path(model_dir) / WEIGHTS_FILE
+    recorded = _unverified_manifest(Path(export_dir)).get("source_model_sha256")
+    return recorded is not None and weights.is_file() and recorded == sha256_file(weights)
 
 
 def export_model(
@@ -550,10 +545,16 @@ def export_model(
 
 def _is_export_folder(folder: Path) -> bool:
     """Whether `folder` holds an InstructUE export (its manifest says so), which a new export may replace."""
+    return _unverified_manifest(folder).get("format") == EXPORT_FORMAT
+
+
+def _unverified_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of `folder` as written, without the checks of `manifest.read_manifest`; {} if none is readable."""
     try:
-        return json.loads((folder / MANIFEST_FILE).read_text()).get("format") == EXPORT_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def _export_int8(

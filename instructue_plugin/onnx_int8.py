@@ -200,12 +200,17 @@ def split_outlier_channels(
     count = 0
     for i, layer in enumerate(layers):
         peak = peaks.get((i, "mlp_inner"))
-        if peak is None or any(f and f in f"/layers.{i}/mlp/down_proj/" for f in keep_fp32):
+        if peak is None or _named(f"/layers.{i}/mlp/down_proj/", keep_fp32):
             continue
         outliers = peak.topk(min(channels, peak.numel() - 1)).indices
         layer.mlp = _split_mlp(layer.mlp, outliers)
         count += 1
     return count
+
+
+def _named(name: str, fragments: Sequence[str]) -> bool:
+    """Whether a graph node's or module's `name` holds one of `fragments` (how `--int8-keep-fp32` names matmuls)."""
+    return any(fragment in name for fragment in fragments)
 
 
 def _modules(parent: Any, names: str) -> list[Any]:
@@ -249,8 +254,8 @@ def quantize_int8(
     del model.graph.value_info[:]
     constants = {tensor.name for tensor in model.graph.initializer}
     weighted = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constants]
-    excluded = [name for name in weighted if any(fragment in name for fragment in (*keep_fp32, *always_fp32))]
-    unmatched = [fragment for fragment in keep_fp32 if not any(fragment in name for name in weighted)]
+    excluded = [name for name in weighted if _named(name, (*keep_fp32, *always_fp32))]
+    unmatched = [fragment for fragment in keep_fp32 if not any(_named(name, (fragment,)) for name in weighted)]
     if unmatched and tuple(keep_fp32) != DEFAULT_KEEP_FP32:
         raise ConfigError(f"--int8-keep-fp32 {', '.join(unmatched)}: no matmul of the user graph has that name")
     if unmatched:  # a backbone that names its layers otherwise: the default keeps nothing
