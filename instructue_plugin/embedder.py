@@ -12,7 +12,6 @@ are unaffected, and the Feast functions turn such rows into null features.
 from __future__ import annotations
 
 import logging
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -153,7 +152,7 @@ class TorchEmbedder(Embedder):
         """Args: model: an `InstructUEModel` (put in eval mode here)."""
         super().__init__(model.config, model.builder, model.item_cache)
         self.model = model.eval()
-        self._lock = threading.Lock()
+        self._lock = model.run_lock  # the model's, not this embedder's: two embedders may share one model
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> TorchEmbedder:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,9 @@ class InstructUEModel(nn.Module):
             nn.init.zeros_(layer.bias)
         self.builder = SequenceBuilder(llm_tokenizer, config)
         self.item_cache = ItemVectorCache(dim=item_dim)
+        # `forward` hooks a shared layer for the call (`_last_mlp_at`) and `answer` runs that layer too: whoever
+        # calls them from several threads holds this lock, as every `TorchEmbedder` of this model does.
+        self.run_lock = threading.RLock()
 
     # ----- construction -----------------------------------------------------------------------------
 
@@ -285,7 +289,7 @@ class InstructUEModel(nn.Module):
 
         Only the `<USER>` row of the last layer is read, so that layer's MLP runs on that row alone
         (`_last_mlp_at`): the same embeddings, ~19 % fewer decoder FLOPs for the 4-layer preset. Not
-        re-entrant (a hook on a shared module): callers serialize calls, as `TorchEmbedder` does.
+        re-entrant (a hook on a shared module): callers serialize calls with `run_lock`, as `TorchEmbedder` does.
         """
         with self._last_mlp_at(user_position):
             hidden = self.user_hidden(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -300,6 +301,19 @@ def test_answer_generates_text(model, rows):
     assert isinstance(text, str)
     with pytest.raises(ValueError, match="one feature row"):
         model.answer(select_rows(rows, [0, 1]), "?")
+
+
+def test_two_embedders_of_one_model_embed_from_many_threads_as_serially(model, rows):
+    # forward() hooks a shared layer for the call: the lock must be the model's, not each embedder's.
+    first, second = TorchEmbedder(model), TorchEmbedder(model)
+    jobs = [
+        ([first, second][i % 2], select_rows(rows, [i % 6, (i + 2) % 6]), [FUND, CHURN, None][i % 3]) for i in range(12)
+    ]
+    serial = [embedder.embed(features, instruction) for embedder, features, instruction in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(lambda job: job[0].embed(job[1], job[2]), jobs))
+    for one, other in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(one, other)
 
 
 def test_item_encoder_gradients_are_off_and_lora_is_on(model):
