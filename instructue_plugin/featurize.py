@@ -6,10 +6,12 @@ is a pure function of one row, so online, offline and training paths featurize i
 
 Documented fallbacks (each logged once per process):
 - a source whose columns are all absent from the input is treated as missing for every row;
-- a null list or an empty list means the user has no items in that source: the source is omitted;
+- a null or empty list of item times means the user has no items in that source: the source is omitted (items
+  in the source's other columns are then an error, not silently dropped);
 - a numeric value that is null, NaN or infinite, or so large that its normalized value is not a finite float32,
   becomes the neutral value 0 (profile: the missing flag is set);
-- an item whose timestamp is NaN or infinite counts as the oldest of its source (order and recency);
+- an item whose timestamp is NaN or infinite counts as the oldest of its source (order and recency; when no
+  item of the source is timed, recency 1, the scale's end);
 - a categorical profile value outside the schema's categories goes to the "other/unknown" slot.
 The summary token of a source covers at most the source's `max_items` newest items (what a snapshot row holds).
 Errors (`DataValidationError`): rows but no column of any of the six views, some but not all columns of a
@@ -42,6 +44,8 @@ from .schema import (
 logger = logging.getLogger(__name__)
 # Slots of the per-token numeric vector after the numeric fields (see schema.ITEM_NUMERIC_WIDTH).
 RECENCY_SLOT, COUNT_SLOT, SUMMARY_FLAG_SLOT = ITEM_NUMERIC_WIDTH - 3, ITEM_NUMERIC_WIDTH - 2, ITEM_NUMERIC_WIDTH - 1
+# Age given to the items of a source none of whose items is timed: the end of the recency scale (recency 1).
+UNTIMED_AGE_DAYS = math.expm1(RECENCY_SCALE)
 _warned: set[str] = set()
 
 
@@ -88,6 +92,21 @@ def num_rows(features: Any) -> int:
             raise DataValidationError(f"feature columns have different lengths: {sorted(lengths)}")
         return lengths.pop() if lengths else 0
     return len(features)
+
+
+def _require_columns_container(features: Any) -> None:
+    """Raise unless `features` is a DataFrame-like table or a mapping of one sequence per column."""
+    if isinstance(features, Mapping):
+        for name, values in features.items():
+            if isinstance(values, str | bytes) or not hasattr(values, "__len__"):
+                raise DataValidationError(
+                    f"column {name!r} is a {type(values).__name__}: give one list or array per column, one value "
+                    "per user"
+                )
+    elif not hasattr(features, "columns"):
+        raise DataValidationError(
+            f"features must be a pandas DataFrame or a dict of lists (one per column), not a {type(features).__name__}"
+        )
 
 
 def short_column_names(features: Any) -> Any:
@@ -187,6 +206,7 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
         DataValidationError: no column of the six views, partially present sources, a sequence cell that is not
             a list, ragged lists, non-numeric numeric values.
     """
+    _require_columns_container(features)
     features = short_column_names(features)
     rows = num_rows(features)
     if rows and not _columns(features) & set(feature_columns()):
@@ -208,6 +228,7 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
         for row in range(rows):
             ts = ts_values[row]
             if _is_null(ts) or len(_list_cell(ts, column=source.ts_column, row=row)) == 0:
+                _require_no_items(field_values, source, row)
                 per_row.append(([], {}))
                 continue
             ts = _to_floats(ts, column=source.ts_column, row=row)
@@ -249,8 +270,9 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
                 numeric[:, j] = np.where(usable, scaled, 0.0)
             age_days = (newest[row] - ts[order]) / 86400.0
             timed = finite[order]
-            # An untimed item sorts as the oldest of its source, so it gets that oldest timed item's age.
-            age_days = np.where(timed, age_days, age_days[timed].max() if timed.any() else 0.0)
+            # An untimed item sorts as the oldest of its source, so it gets that oldest timed item's age; when
+            # none of the source is timed, the recency scale's end (recency 1, ~180 days).
+            age_days = np.where(timed, age_days, age_days[timed].max() if timed.any() else UNTIMED_AGE_DAYS)
             numeric[:, RECENCY_SLOT] = np.log1p(np.maximum(age_days, 0.0)) / RECENCY_SCALE
             stored = slice(-source.max_items, None)  # longer lists than a snapshot row holds: the newest
             summary = numeric[stored].mean(axis=0)
@@ -277,6 +299,17 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
             nonfinite,
         )
     return users
+
+
+def _require_no_items(field_values: dict[str, list[Any]], source: Any, row: int) -> None:
+    """Raise if a row without item times has items in another column of the source (they would be lost)."""
+    for name, values in field_values.items():
+        cell = values[row]
+        if not _is_null(cell) and len(_list_cell(cell, column=source.column(name), row=row)):
+            raise DataValidationError(
+                f"row {row}: column {source.column(name)!r} has {len(cell)} items but {source.ts_column!r} has "
+                "none; list columns of a source must align"
+            )
 
 
 def _text(value: Any) -> str:

@@ -250,6 +250,9 @@ def test_an_untimed_item_counts_as_the_oldest_of_its_source(rows):
     assert after.texts == [before.texts[-1], *before.texts[:-1]]
     recency = after.numeric[:, RECENCY_SLOT]
     assert recency[0] == recency[1:].max() > 0
+    broken["bill_ts"][0] = [math.nan] * len(broken["bill_ts"][0])  # no bill item timed: as old as the scale goes
+    untimed = featurize(select_rows(broken, [0]), max_items_per_source=64)[0].sources["bill"]
+    np.testing.assert_allclose(untimed.numeric[:, RECENCY_SLOT], 1.0)
 
 
 def test_bad_rows_raise_clear_errors(embedder, rows):
@@ -286,6 +289,14 @@ def test_bad_rows_raise_clear_errors(embedder, rows):
         embedder.embed({"user_id": [1, 2], "bill__amount": [[1.0], [2.0]]})
     with pytest.raises(DataValidationError, match="instructions"):
         embedder.embed(rows, [FUND, CHURN])
+    untimed = {name: list(values) for name, values in rows.items()}
+    untimed["bill_ts"][0] = []  # items without their times would be dropped
+    with pytest.raises(DataValidationError, match="bill_.*row 0|row 0.*bill_.*items but 'bill_ts' has none"):
+        embedder.embed(untimed)
+    with pytest.raises(DataValidationError, match="dict of lists.*not a list"):
+        embedder.embed([{"bill_ts": [1.0]}])
+    with pytest.raises(DataValidationError, match="column 'bill_ts' is a int"):
+        embedder.embed({"bill_ts": 5})
 
 
 def test_overlong_instruction_is_cut_to_the_token_budget(embedder, model, rows):
