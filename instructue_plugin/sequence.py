@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from .config import ITEM_TOKEN, USER_TOKEN, ModelConfig, source_delimiters
 from .featurize import UserBehaviour
@@ -97,6 +98,11 @@ class SequenceBuilder:
     def __init__(self, tokenizer, config: ModelConfig) -> None:
         """Args: tokenizer: the LLM's `tokenizers.Tokenizer` with the special tokens added."""
         self.tokenizer = tokenizer
+        # Instructions and answers are free text (an instruction may come with a Feast request): a copy of the
+        # tokenizer that reads "<USER>", "<|im_end|>" and the like in them as plain text, so no text can add
+        # control tokens to the sequence.
+        self.text_tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self.text_tokenizer.encode_special_tokens = True
         self.config = config
         self.user_id = self._token_id(USER_TOKEN)
         self.item_id = self._token_id(ITEM_TOKEN)
@@ -119,8 +125,9 @@ class SequenceBuilder:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_texts(self, texts: list[str], *, limit: int, what: str) -> list[list[int]]:
-        """Tokenize texts, cutting each to `limit` tokens (logged once per builder and kind of text, `what`)."""
-        encoded = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
+        """Tokenize free texts (special tokens in them read as text), cutting each to `limit` tokens (logged once
+        per builder and kind of text, `what`)."""
+        encoded = [e.ids for e in self.text_tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
         if any(len(ids) > limit for ids in encoded) and what not in self._warned_truncation:
             self._warned_truncation.add(what)
             logger.warning("%s longer than %d tokens cut to %d tokens (the beginning is kept)", what, limit, limit)

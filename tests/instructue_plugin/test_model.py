@@ -59,6 +59,24 @@ def test_user_token_sits_at_the_read_out_position_with_both_paddings(model, rows
     model.builder.config = model.config
 
 
+def test_control_tokens_written_in_an_instruction_are_read_as_text(model, rows):
+    users = featurize(select_rows(rows, [0]), max_items_per_source=model.config.max_items_per_source)
+    added = sorted(model.llm_tokenizer.get_added_tokens_decoder())  # <USER>, <item>, <bill>, <|im_end|>, ...
+    text = "for churn " + "".join(model.llm_tokenizer.id_to_token(i) for i in added)
+    plain = model.builder.build(users, ["for churn"])
+    injected = model.builder.build(users, [text])
+    added_ids = set(added)
+    # The same control tokens as without the injected text; what it adds is ordinary text tokens.
+    assert sorted(i for i in injected.input_ids[0] if i in added_ids) == sorted(
+        i for i in plain.input_ids[0] if i in added_ids
+    )
+    assert injected.input_ids.shape[1] > plain.input_ids.shape[1]
+    # Ordinary instructions tokenize as before.
+    assert model.builder.encode_texts([FUND], limit=64, what="t") == [
+        model.llm_tokenizer.encode(FUND, add_special_tokens=False).ids
+    ]
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_padding_does_not_change_a_users_embedding(model, rows, side):
     config = model.config.model_copy(update={"padding_side": side})
