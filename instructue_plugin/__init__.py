@@ -50,7 +50,7 @@ def load(path: str | Path, *, variant: str | None = None) -> Embedder:
             f"no model at {folder}; train one (`instructue train`), export it (`instructue export`) "
             "or point INSTRUCTUE_MODEL at one"
         )
-    variant = variant or settings.model_variant()
+    variant = (variant or settings.model_variant()).strip().lower()  # as INSTRUCTUE_MODEL_VARIANT is read
     if (folder / EXPORT_MANIFEST).exists():
         from .onnx_runtime import OnnxEmbedder
 

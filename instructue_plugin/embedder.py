@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,10 @@ def normalize_instructions(instruction: str | Sequence[str | None] | None, rows:
         return [""] * rows
     if isinstance(instruction, str):
         return [instruction] * rows
+    if isinstance(instruction, bytes | bytearray) or not isinstance(instruction, Iterable):
+        raise DataValidationError(
+            f"instruction is a {type(instruction).__name__}: give a string, one string (or None) per row, or None"
+        )
     values = list(instruction)
     if len(values) != rows:
         raise DataValidationError(f"got {len(values)} instructions for {rows} rows; give one per row or one string")
@@ -91,8 +95,10 @@ class Embedder(ABC):
             (users, dim) float32, L2-normalized; rows of users with no data at all are NaN.
 
         Raises:
-            DataValidationError: malformed features or instructions.
+            DataValidationError: malformed features or instructions, a batch size below 1.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataValidationError(f"batch_size must be a positive integer, got {batch_size!r}")
         users = featurize(features, max_items_per_source=self.config.max_items_per_source)
         instructions = normalize_instructions(instruction, len(users))
         out = np.full((len(users), self.dim), np.nan, dtype=np.float32)

@@ -33,7 +33,7 @@ from .backbones import (
     ready_item_tokenizer,
 )
 from .config import ModelConfig, saved_model_config, special_tokens
-from .errors import ConfigError, CorruptModelError, ModelNotFoundError, SchemaMismatchError
+from .errors import ConfigError, CorruptModelError, DataValidationError, ModelNotFoundError, SchemaMismatchError
 from .item_cache import ItemVectorCache
 from .schema import ITEM_NUMERIC_WIDTH, PROFILE, SCHEMA_HASH, SEQUENCE_SOURCES
 from .sequence import IGNORE_INDEX, PROFILE_KIND, ModelInputs, SequenceBuilder
@@ -328,12 +328,18 @@ class InstructUEModel(nn.Module):
 
     @torch.no_grad()
     def answer(self, features_row: Any, question: str, *, max_new_tokens: int = 40) -> str:
-        """Describe a user in words: greedy generation after `<USER>` given one feature row and a question."""
+        """Describe a user in words: greedy generation after `<USER>` given one feature row and a question.
+
+        Raises:
+            DataValidationError: the row has no data at all (where `embed` gives a NaN row).
+        """
         from .featurize import featurize
 
         users = featurize(features_row, max_items_per_source=self.config.max_items_per_source)
         if len(users) != 1:
             raise ValueError(f"answer() takes one feature row, got {len(users)}")
+        if users[0].is_empty:
+            raise DataValidationError("the row has no data (an unknown user?): there is nothing to describe")
         inputs = self.builder.build(users, [question])
         t = self.tensors(inputs)
         user_position = t.pop("user_position")

@@ -307,6 +307,11 @@ def test_bad_rows_raise_clear_errors(embedder, rows):
         embedder.embed({"user_id": [1, 2], "bill__amount": [[1.0], [2.0]]})
     with pytest.raises(DataValidationError, match="instructions"):
         embedder.embed(rows, [FUND, CHURN])
+    for instruction in (5, b"for churn"):
+        with pytest.raises(DataValidationError, match="instruction is a"):
+            embedder.embed(rows, instruction)
+    with pytest.raises(DataValidationError, match="batch_size"):
+        embedder.embed(rows, batch_size=0)
     untimed = {name: list(values) for name, values in rows.items()}
     untimed["bill_ts"][0] = []  # items without their times would be dropped
     with pytest.raises(DataValidationError, match="bill_.*row 0|row 0.*bill_.*items but 'bill_ts' has none"):
@@ -330,6 +335,9 @@ def test_answer_generates_text(model, rows):
     assert isinstance(text, str)
     with pytest.raises(ValueError, match="one feature row"):
         model.answer(select_rows(rows, [0, 1]), "?")
+    unknown = {name: [None] for name in rows}
+    with pytest.raises(DataValidationError, match="no data"):
+        model.answer(unknown, "What does this user spend on?")
 
 
 def test_two_embedders_of_one_model_embed_from_many_threads_as_serially(model, rows):

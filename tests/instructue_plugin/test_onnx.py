@@ -400,6 +400,7 @@ def test_concurrent_embed_calls_match_serial_calls(onnx_embedder, rows):
 
 def test_load_dispatches_export_folders_to_onnxruntime(export_dir):
     assert isinstance(instructue_plugin.load(export_dir), OnnxEmbedder)
+    assert instructue_plugin.load(export_dir, variant=" INT8").variant == "int8"  # as INSTRUCTUE_MODEL_VARIANT is read
 
 
 def test_embedding_with_onnxruntime_loads_neither_torch_nor_transformers(export_dir):
