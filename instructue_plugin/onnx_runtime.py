@@ -238,17 +238,20 @@ def _session(path: Path, digest: str, providers: list[ProviderSpec]) -> tuple[or
 def provider_plan(requested: list[ProviderSpec] | None, *, variant: str) -> tuple[list[ProviderSpec], str | None]:
     """Providers to ask onnxruntime for, most preferred first, and why the GPU is not used (None when it is).
 
-    `requested` (the caller's choice) is kept as given; TensorRT's and CUDA's libraries are loaded for it.
+    `requested` (the caller's choice) is kept as given, except TensorRT when its libraries do not load (dropped,
+    with a warning: onnxruntime would fail it noisily and retry without the caller's other providers' options);
+    TensorRT's and CUDA's libraries are loaded for it.
     Otherwise: TensorRT (if its libraries load), CUDA, CPU when the driver sees a GPU; CPU alone when not, and
     for the int8 variant (dynamic int8 is a CPU format: TensorRT wants QDQ graphs, CUDA lacks the kernels).
     """
     if requested is not None:
-        names = [_provider_name(p) for p in requested]
-        if TENSORRT in names and (reason := load_tensorrt()) is not None:
-            logger.warning("TensorRT was requested but %s", reason)
-        if any(name in GPU_PROVIDERS for name in names):
+        plan = list(requested)
+        if TENSORRT in (_provider_name(p) for p in plan) and (reason := load_tensorrt()) is not None:
+            plan = [p for p in plan if _provider_name(p) != TENSORRT] or [CPU]
+            logger.warning("TensorRT was requested but %s; using %s", reason, [_provider_name(p) for p in plan])
+        if any(_provider_name(p) in GPU_PROVIDERS for p in plan):
             _preload_cuda_libraries()
-        return list(requested), None
+        return plan, None
     if variant == "int8":
         return [CPU], None
     has_gpu, why = gpu_status()
@@ -412,13 +415,15 @@ class OnnxEmbedder(Embedder):
                 why_cpu,
                 ", ".join(p for p in ort.get_available_providers() if p in GPU_PROVIDERS) or "no GPU providers",
             )
-        elif asked[0] != got[0]:
-            logger.warning(
-                "asked onnxruntime for %s but the %s session got %s (see onnxruntime's errors above)",
-                asked,
-                graph_key,
-                got,
-            )
+        else:
+            for session, providers in ((graph_key, got), ("item_encoder", self.item_providers)):
+                if asked[0] != providers[0]:
+                    logger.warning(
+                        "asked onnxruntime for %s but the %s session got %s (see onnxruntime's errors above)",
+                        asked,
+                        session,
+                        providers,
+                    )
         logger.info("%s: %s on %s, item encoder on %s", self.folder, graph_key, got, self.item_providers)
 
     @property

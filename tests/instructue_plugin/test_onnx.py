@@ -352,6 +352,45 @@ def test_without_gpu_sessions_run_on_cpu_and_one_warning_says_why(export_dir, ca
     assert "CPU only" in warnings[0].getMessage() and "NVIDIA" in warnings[0].getMessage()
 
 
+@pytest.mark.parametrize(
+    ("tensorrt_loads", "expected"),
+    [
+        (True, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]),
+        (False, ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ],
+)
+def test_provider_plan_on_a_mocked_gpu_prefers_tensorrt_then_cuda_then_cpu(monkeypatch, tensorrt_loads, expected):
+    # No GPU here: the driver, onnxruntime's provider list and TensorRT's libraries are mocked.
+    from instructue_plugin import onnx_runtime
+    from instructue_plugin.onnx_runtime import CPU
+
+    monkeypatch.setattr(onnx_runtime, "gpu_status", lambda: (True, None))
+    monkeypatch.setattr(onnx_runtime, "_preload_cuda_libraries", lambda: None)
+    monkeypatch.setattr(
+        onnx_runtime.ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]
+    )
+    monkeypatch.setattr(onnx_runtime, "load_tensorrt", lambda: None if tensorrt_loads else "no libnvinfer")
+    plan, why_cpu = onnx_runtime.provider_plan(None, variant="fp32")
+    assert [p if isinstance(p, str) else p[0] for p in plan] == expected and why_cpu is None
+    assert onnx_runtime.provider_plan(None, variant="int8") == (["CPUExecutionProvider"], None)  # a CPU format
+
+
+def test_requested_tensorrt_whose_libraries_fail_is_dropped_from_a_mocked_plan(monkeypatch, caplog):
+    from instructue_plugin import onnx_runtime
+    from instructue_plugin.onnx_runtime import CPU
+
+    monkeypatch.setattr(onnx_runtime, "_preload_cuda_libraries", lambda: None)
+    monkeypatch.setattr(onnx_runtime, "load_tensorrt", lambda: "no libnvinfer")
+    cuda = ("CUDAExecutionProvider", {"device_id": 0})
+    with caplog.at_level(logging.WARNING, logger="instructue_plugin.onnx_runtime"):
+        plan, _ = onnx_runtime.provider_plan(
+            ["TensorrtExecutionProvider", cuda, "CPUExecutionProvider"], variant="fp32"
+        )
+    assert plan == [cuda, CPU]  # the caller's CUDA options kept
+    assert "TensorRT was requested but no libnvinfer" in caplog.text
+    assert onnx_runtime.provider_plan(["TensorrtExecutionProvider"], variant="fp32")[0] == [CPU]
+
+
 def test_sessions_are_shared_per_export_while_held_and_released_after(export_dir):
     import gc
 
