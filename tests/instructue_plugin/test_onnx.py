@@ -22,6 +22,7 @@ from instructue_plugin.config import config_for_preset
 from instructue_plugin.embedder import TorchEmbedder
 from instructue_plugin.errors import ConfigError, CorruptModelError, SchemaMismatchError
 from instructue_plugin.featurize import featurize
+from instructue_plugin.item_cache import ItemVectorCache
 from instructue_plugin.manifest import MANIFEST_FILE, USER_GRAPH_FILE, read_manifest
 from instructue_plugin.model import InstructUEModel
 from instructue_plugin.onnx_export import ExportError, ExportParityError, export_is_of, export_model
@@ -428,11 +429,15 @@ def test_batches_beyond_the_tensorrt_profile_run_in_parts_with_their_own_item_ta
     np.testing.assert_allclose(whole, embedder.embed(many, FUND, batch_size=32), atol=1e-5)
 
 
-def test_concurrent_embed_calls_match_serial_calls(onnx_embedder, rows):
+def test_concurrent_embed_calls_match_serial_calls(onnx_embedder, export_dir, rows):
     jobs = [(select_rows(rows, [i % 6, (i + 1) % 6, (i + 3) % 6]), [FUND, CHURN, None][i % 3]) for i in range(16)]
     serial = [onnx_embedder.embed(features, instruction) for features, instruction in jobs]
+    # A second embedder with an empty item cache: the threads also encode items and fill the cache concurrently.
+    fresh = OnnxEmbedder.from_export(export_dir, providers=["CPUExecutionProvider"])
+    fresh.item_cache = ItemVectorCache(dim=fresh.item_cache.dim)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        parallel = list(pool.map(lambda job: onnx_embedder.embed(*job), jobs))
+        parallel = list(pool.map(lambda job: fresh.embed(*job), jobs))
+    assert len(fresh.item_cache) > 0
     for one, other in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(one, other)
 
