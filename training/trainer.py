@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -61,16 +61,18 @@ class TrainConfig(BaseModel):
     # Each batch holds this many question families (batch_size / families_per_batch triplets each): negatives
     # of the same family force the contrastive loss to tell users apart, not merely question types.
     families_per_batch: int = 2
-    lr: float = 1e-3  # LoRA weights
-    new_params_lr: float = 3e-3  # adapters, special tokens and head start from scratch: a larger step
-    weight_decay: float = 0.01
-    warmup_steps: int = 30
-    grad_clip: float = 1.0
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)  # LoRA weights
+    # Adapters, special tokens and head start from scratch: a larger step.
+    new_params_lr: float = Field(3e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False)
+    warmup_steps: int = Field(30, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
     loss: Literal["both", "contrastive", "ar"] = "both"
-    alpha: float = 1.0  # weight of the contrastive loss
-    temperature: float = 0.07  # InfoNCE temperature (DESIGN: 0.05-0.1)
-    false_negative_threshold: float = 0.9  # answers this similar (word Jaccard) are not negatives
-    time_budget_minutes: float | None = None  # stop early (and save) after this long
+    alpha: float = Field(1.0, ge=0, allow_inf_nan=False)  # weight of the contrastive loss
+    temperature: float = Field(0.07, gt=0, allow_inf_nan=False)  # InfoNCE temperature (DESIGN: 0.05-0.1)
+    # Answers this similar (word Jaccard) are not negatives; 1 masks identical word sets only.
+    false_negative_threshold: float = Field(0.9, gt=0, le=1)
+    time_budget_minutes: float | None = Field(None, gt=0)  # stop early (and save) after this long
     checkpoint_every: int = 100
     seed: int = 0
     resume: bool = False
@@ -80,6 +82,15 @@ class TrainConfig(BaseModel):
     def _positive(cls, value: int | None) -> int | None:
         if value is not None and value < 1:
             raise ValueError(f"must be >= 1, got {value}")
+        return value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        try:
+            config_for_preset(value)  # refused before UserQA is built, not after
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
         return value
 
     @field_validator("batch_size")
@@ -229,8 +240,14 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         present = {p.name for p in out.iterdir()}
         if present - UNSTARTED_RUN_FILES:
             raise ConfigError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+        given = (
+            {Path(config.userqa).resolve(), instruction_catalog_path(Path(config.userqa)).resolve()}
+            if config.userqa
+            else set()
+        )
         for name in present:  # a run stopped before its first checkpoint: start afresh (its UserQA is rebuilt)
-            (out / name).unlink()
+            if (out / name).resolve() not in given:  # but never the UserQA file the run was given
+                (out / name).unlink()
     if config.resume and not checkpoint_path.exists():
         raise ConfigError(
             f"--resume given but {checkpoint_path} does not exist (a run stopped before its first checkpoint "
@@ -299,9 +316,16 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         logger.info("resumed at step %d", start_step)
     seconds_before = history[-1]["seconds"] if history else 0.0  # training time of the earlier runs
 
+    step_start_rng: dict[int, tuple] = {}  # RNG state at the start of the step now running, by its index
+
+    def rng_state() -> tuple:
+        return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
     def save_checkpoint(step: int) -> None:
+        """Save the state after `step` steps; interrupted in step `step`, its RNG state from before it began."""
         if not accelerator.is_main_process:
             return
+        torch_rng, cuda_rng = step_start_rng.get(step) or rng_state()
         checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         state = {
@@ -309,9 +333,9 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
             "trainable": trainable,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "history": history,
+            "torch_rng": torch_rng,
+            "cuda_rng": cuda_rng,
+            "history": [record for record in history if record["step"] <= step],
             "settings": _run_settings(config),
             "steps": config.steps,
         }
@@ -337,6 +361,8 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
 
     def _train_step(step: int) -> dict[str, float]:
         """One optimizer step on the batch of `step`; returns its record."""
+        step_start_rng.clear()
+        step_start_rng[step] = rng_state()  # dropout draws from it: a resumed step draws the same
         rng = np.random.default_rng([config.seed, step, accelerator.process_index])
         picked = sample_batch(by_family, rng, batch_size=config.batch_size, families=config.families_per_batch)
         batch = triplets.iloc[picked]
@@ -358,13 +384,13 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
         accelerator.clip_grad_norm_([*trainable_lora, *trainable_new], config.grad_clip)
+        record = {k: v.item() for k, v in losses.items()}
+        record.update(step=step + 1, lr=scheduler.get_last_lr()[0])  # the rate this step uses
         optimizer.step()
         scheduler.step()
-        applied[0] = step + 1  # from here the weights hold this step, even if an interrupt stops its record
-
-        record = {k: v.item() for k, v in losses.items()}
-        record.update(step=step + 1, lr=scheduler.get_last_lr()[0], seconds=seconds_before + time.monotonic() - started)
-        history.append(record)
+        record["seconds"] = seconds_before + time.monotonic() - started
+        history.append(record)  # checkpoints keep the records of the steps they hold (`save_checkpoint`)
+        applied[0] = step + 1  # from here the weights hold this step
         return record
 
     def completed() -> int:

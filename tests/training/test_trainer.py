@@ -11,7 +11,7 @@ from instructue_plugin.config import config_for_preset
 from instructue_plugin.errors import ConfigError
 from instructue_plugin.model import InstructUEModel
 from training.losses import false_negative_mask
-from training.trainer import TrainConfig, TrainingStep, load_training_users, train
+from training.trainer import TrainConfig, TrainingStep, load_training_users, lr_factor, train
 
 
 def test_both_losses_fall_when_overfitting_a_fixed_batch(small_data, small_userqa):
@@ -84,14 +84,14 @@ def test_resume_continues_exactly(small_data, small_userqa, tmp_path):
     assert (straight / "losses.png").exists()
 
 
-def test_an_interrupt_after_the_update_but_before_its_record_resumes_exactly(
-    small_data, small_userqa, tmp_path, monkeypatch
-):
+def test_an_interrupt_inside_a_step_resumes_exactly(small_data, small_userqa, tmp_path, monkeypatch):
+    # LoRA dropout draws random numbers in the forward pass: the resumed step must draw the same ones.
+    assert config_for_preset("tiny").lora_dropout > 0
     straight = train(_config(small_data, small_userqa, tmp_path / "straight"), progress=False)
     calls = {"n": 0}
     real = torch.optim.lr_scheduler.LambdaLR.get_last_lr
 
-    def interrupted_record(self):  # step 2's record is read after its update (on a GPU, .item() waits there)
+    def interrupted(self):  # step 2's learning rate is read after its forward and backward passes
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
@@ -99,13 +99,49 @@ def test_an_interrupt_after_the_update_but_before_its_record_resumes_exactly(
 
     out = tmp_path / "resumed"
     with monkeypatch.context() as patch:
-        patch.setattr(torch.optim.lr_scheduler.LambdaLR, "get_last_lr", interrupted_record)
+        patch.setattr(torch.optim.lr_scheduler.LambdaLR, "get_last_lr", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train(_config(small_data, small_userqa, out), progress=False)
-    assert torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=False)["step"] == 2
+    state = torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 1 and [record["step"] for record in state["history"]] == [1]
     train(_config(small_data, small_userqa, out, resume=True), progress=False)
     a, b = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
     assert all(torch.equal(a[key], b[key]) for key in a)
+    assert pd.read_csv(straight / "losses.csv").equals(
+        pd.read_csv(out / "losses.csv").assign(seconds=pd.read_csv(straight / "losses.csv")["seconds"])
+    )
+
+
+def test_the_losses_table_gives_the_rate_each_step_used(small_data, small_userqa, tmp_path):
+    config = _config(small_data, small_userqa, tmp_path / "run")
+    losses = pd.read_csv(train(config, progress=False) / "losses.csv")
+    expected = [config.lr * lr_factor(s, warmup=config.warmup_steps, total=config.steps) for s in range(config.steps)]
+    assert losses["lr"].tolist() == pytest.approx(expected)
+
+
+def test_a_userqa_file_given_inside_the_run_folder_is_used_not_rebuilt(small_data, small_userqa, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    given = out / "userqa.parquet"
+    subset = pd.read_parquet(small_userqa).groupby("family").head(3)
+    subset.to_parquet(given)
+    train(_config(small_data, given, out, steps=1), progress=False)
+    assert pd.read_parquet(given).equals(subset)
+
+
+def test_impossible_settings_are_refused_before_any_work(small_data, small_userqa, tmp_path):
+    for bad in (
+        {"temperature": 0},
+        {"lr": -1e-3},
+        {"new_params_lr": float("nan")},
+        {"false_negative_threshold": 5},
+        {"warmup_steps": -1},
+        {"grad_clip": 0},
+        {"time_budget_minutes": 0},
+        {"preset": "bogus"},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            _config(small_data, small_userqa, tmp_path / "run", **bad)
 
 
 def test_a_run_stopped_before_its_first_checkpoint_starts_afresh(small_data, small_userqa, tmp_path):
