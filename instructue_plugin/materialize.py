@@ -72,7 +72,8 @@ class Instruction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: StrictStr = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Also a folder name of the offline copy: it starts with a letter or digit, so never "." or "..".
+    id: StrictStr = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     text: StrictStr
     description: StrictStr = ""
 
@@ -179,6 +180,13 @@ def _sources_fingerprint(store: FeatureStore, repo: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _online_store_fingerprint(store: FeatureStore) -> str:
+    """Identity of the online store the rows go to (its settings, hashed): another store is written afresh."""
+    config = store.config.online_store
+    settings_of = config.model_dump(mode="json") if hasattr(config, "model_dump") else {"repr": repr(config)}
+    return hashlib.sha256(json.dumps(settings_of, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def state_path(repo_path: Path) -> Path:
     """Where the resume state of a repo lives."""
     return Path(repo_path) / REPO_DATA_FOLDER / STATE_FILE
@@ -191,6 +199,9 @@ def _read_state(path: Path) -> dict[str, dict[str, Any]]:
         payload = json.loads(path.read_text())
     except json.JSONDecodeError:
         logger.warning("%s is not valid JSON: ignored, every instruction is recomputed", path)
+        return {}
+    if not isinstance(payload, dict) or not isinstance(payload.get("instructions", {}), dict):
+        logger.warning("%s is not a state file (no object of instructions): ignored", path)
         return {}
     if payload.get("format") != STATE_FORMAT:
         logger.warning("%s has format %r, not %r: ignored", path, payload.get("format"), STATE_FORMAT)
@@ -301,6 +312,7 @@ def materialize_embeddings(
     state = {} if force else _read_state(path)
     users_id = _users_fingerprint(users)
     data_id = _sources_fingerprint(store, repo)
+    online_id = _online_store_fingerprint(store)
     start: dict[str, int] = {}
     stale: list[str] = []
     for instruction in instructions:
@@ -310,6 +322,7 @@ def materialize_embeddings(
             "text_sha256": _text_hash(instruction.text),
             "users": users_id,
             "data": data_id,
+            "online_store": online_id,
             "batch_size": batch_size,
             "batches": batches,
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -308,6 +309,23 @@ def test_interrupted_run_resumes_where_it_stopped(
         assert_vectors(materialized_read(store, users, iid), vectors, where=iid)
 
 
+def test_another_online_store_or_a_damaged_state_file_recomputes(
+    applied_repo, model_dir, instructions_file, materialized, caplog
+) -> None:
+    options = {"instructions_file": instructions_file, "model_path": model_dir, "batch_size": 16, "progress": False}
+    path = state_path(applied_repo)
+    payload = json.loads(path.read_text())
+    payload["instructions"]["fund"]["online_store"] = "written to another online store"
+    path.write_text(json.dumps(payload))
+    summary = materialize_embeddings(applied_repo, **options)
+    assert list(summary.written) == ["fund"] and summary.up_to_date == ["general"]
+    path.write_text("[]")
+    with caplog.at_level(logging.WARNING, logger="instructue_plugin.materialize"):
+        summary = materialize_embeddings(applied_repo, **options)
+    assert "not a state file" in caplog.text and sorted(summary.written) == ["fund", "general"]
+    assert materialize_embeddings(applied_repo, **options).nothing_to_do
+
+
 def test_changed_instruction_text_recomputes_only_that_instruction(
     applied_repo, store, model_env, model_dir, embedder, tmp_path: Path, materialized, users
 ) -> None:
@@ -497,6 +515,8 @@ def test_bench_online_refuses_what_would_time_empty_reads(
         ("instructions:\n  - {id: fund, text: a}\n  - {id: fund, text: b}\n", "duplicate id 'fund'"),
         ("instructions:\n  - {id: fund, text: 5}\n", "instructions.0.text"),
         ("instructions:\n  - {id: 'fund marketing', text: a}\n", "instructions.0.id"),
+        ("instructions:\n  - {id: '..', text: a}\n", "instructions.0.id"),  # a folder name of the offline copy
+        ("instructions:\n  - {id: '.', text: a}\n", "instructions.0.id"),
         ("instructions: []\n", "instructions"),
         ("- {id: fund, text: a}\n", "not a valid instructions file"),
         ("instructions: [\n", "not valid YAML"),
