@@ -89,7 +89,7 @@ def features_asof(data_dir: Path, entities: pd.DataFrame) -> pd.DataFrame:
 
 
 def raw_events(data_dir: Path, source: str, *, user_ids: list[int] | None = None) -> pd.DataFrame:
-    """Raw events of one sequence source (optionally only some users), sorted by user and time.
+    """Raw events of one sequence source (optionally only some users), sorted by user and time; null text is "".
 
     A source with no raw log gives an empty frame with the source's columns (`instructue snapshots` accepts
     missing sources too).
@@ -114,6 +114,9 @@ def raw_events(data_dir: Path, source: str, *, user_ids: list[int] | None = None
     )
     events = con.execute(query).df()
     con.close()
+    for spec in SEQUENCE_BY_NAME[source].fields:  # null text reads as "", as `instructue snapshots` reads it
+        if spec.role == "text" and spec.name in events:
+            events[spec.name] = events[spec.name].fillna("")
     return events
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -59,6 +60,11 @@ def _listing(values: list[str]) -> str:
     return ", ".join(values[:-1]) + " and " + values[-1]
 
 
+def _names(values: Any) -> list[str]:
+    """Distinct non-empty names in order of appearance (a null name reads as "" and names nothing)."""
+    return [v for v in dict.fromkeys(values) if isinstance(v, str) and v]
+
+
 def _items(row: pd.Series, column: str) -> list:
     value = row.get(column)
     return [] if value is None or (isinstance(value, float) and np.isnan(value)) else list(value)
@@ -72,9 +78,10 @@ def answer_fund_purchase(ctx: UserContext) -> str:
     funds = bills[bills["category"] == WEALTH]
     if funds.empty:
         return "No. The user will not buy any fund in the next 30 days."
-    merchant = funds["merchant"].mode().iloc[0]
+    named = funds["merchant"][funds["merchant"] != ""]
+    where = f", mainly at {named.mode().iloc[0]}" if len(named) else ""
     times = "once" if len(funds) == 1 else f"{len(funds)} times"
-    return f"Yes. The user will buy funds {times} in the next 30 days, mainly at {merchant}."
+    return f"Yes. The user will buy funds {times} in the next 30 days{where}."
 
 
 def answer_churn(ctx: UserContext) -> str:
@@ -90,15 +97,21 @@ def answer_travel(ctx: UserContext) -> str:
     travel = bills[bills["category"] == TRAVEL]
     if travel.empty:
         return "No. The user will not spend on travel in the next 30 days."
-    merchants = list(dict.fromkeys(travel["merchant"]))[:2]
-    return f"Yes. The user will pay for travel next month, at {_listing(merchants)}."
+    merchants = _names(travel["merchant"])[:2]
+    where = f", at {_listing(merchants)}" if merchants else ""
+    return f"Yes. The user will pay for travel next month{where}."
 
 
 def answer_next_category(ctx: UserContext) -> str:
     bills = ctx.future["bill"]
     if bills.empty:
         return "The user will make no payments in the next 30 days."
-    ranking = bills.groupby("category")["amount"].sum().sort_values(ascending=False).index.tolist()
+    named = bills[bills["category"] != ""]
+    if named.empty:
+        return "The user will make payments in the next 30 days, in categories not known."
+    # By amount, then by number of payments (payments without an amount still count).
+    per_category = named.groupby("category")["amount"].agg(total="sum", payments="size")
+    ranking = per_category.sort_values(["total", "payments"], ascending=False, kind="stable").index.tolist()
     if len(ranking) == 1:
         return f"Most of the user's spending next month will go to {ranking[0]}."
     return f"Most of the user's spending next month will go to {ranking[0]}, then {ranking[1]}."
@@ -108,16 +121,16 @@ def answer_next_miniprogram(ctx: UserContext) -> str:
     visits = ctx.future["miniprogram"]
     if visits.empty:
         return "The user will not open any mini program in the next 30 days."
-    programs = list(dict.fromkeys(visits["program"]))[:3]
-    return f"The user will open {_listing(programs)}."
+    programs = _names(visits["program"])[:3]
+    return f"The user will open {_listing(programs)}." if programs else "The user will open mini programs next month."
 
 
 def answer_future_search(ctx: UserContext) -> str:
     searches = ctx.future["search"]
     if searches.empty:
         return "The user will not search for anything in the next 30 days."
-    queries = [f'"{q}"' for q in list(dict.fromkeys(searches["query"]))[:2]]
-    return f"The user will search for {_listing(queries)}."
+    queries = [f'"{q}"' for q in _names(searches["query"])[:2]]
+    return f"The user will search for {_listing(queries)}." if queries else "The user will search next month."
 
 
 # ----- stable attributes -----------------------------------------------------------------------------
@@ -125,7 +138,7 @@ def answer_future_search(ctx: UserContext) -> str:
 
 def top_categories(row: pd.Series) -> list[str]:
     """The user's three most frequent payment categories in a snapshot row (most frequent first)."""
-    counts = Counter(_items(row, "bill_category"))
+    counts = Counter(c for c in _items(row, "bill_category") if c)  # a null category ("") names nothing
     return [c for c, _ in counts.most_common(3)]
 
 
@@ -142,10 +155,8 @@ def answer_spending_level(ctx: UserContext) -> str | None:
         return None
     largest = int(np.nanargmax(np.where(finite, amounts, -np.inf)))
     median = float(np.median(amounts[finite]))
-    return (
-        f"A typical payment is about {median:.0f}; the largest recent one was "
-        f"{amounts[largest]:.0f} at {merchants[largest]}."
-    )
+    where = f" at {merchants[largest]}" if merchants[largest] else ""
+    return f"A typical payment is about {median:.0f}; the largest recent one was {amounts[largest]:.0f}{where}."
 
 
 def answer_activity_rhythm(ctx: UserContext) -> str | None:
@@ -178,9 +189,10 @@ def answer_app_usage(ctx: UserContext) -> str | None:
         return None
     totals: Counter[str] = Counter()
     for app, spent in zip(apps, minutes, strict=True):
-        totals[app] += spent
+        if app:
+            totals[app] += spent
     top = [a for a, _ in totals.most_common(2)]
-    return f"The user spends the most time in {_listing(top)}."
+    return f"The user spends the most time in {_listing(top)}." if top else None
 
 
 def answer_profile_facts(ctx: UserContext) -> str | None:

@@ -9,7 +9,14 @@ import pytest
 
 from instructue_plugin.errors import DataValidationError
 from training.data import features_asof, last_event_time, raw_events, read_labels
-from training.userqa import build_userqa, cutoff_candidates, train_users, user_cutoffs
+from training.userqa import (
+    UserContext,
+    answer_next_category,
+    build_userqa,
+    cutoff_candidates,
+    train_users,
+    user_cutoffs,
+)
 
 
 def test_cutoffs_do_not_depend_on_the_bill_source(small_data, tmp_path):
@@ -72,3 +79,28 @@ def test_labels_without_a_split_column_are_refused_by_name(small_data, tmp_path)
     read_labels(data).drop(columns="split").to_parquet(data / "labels.parquet")
     with pytest.raises(DataValidationError, match="no column split"):
         build_userqa(data, seed=0, progress=False)
+
+
+def test_null_names_and_missing_amounts_in_raw_logs_give_answers_without_them(small_data, tmp_path):
+    data = shutil.copytree(small_data, tmp_path / "data")
+    for source, column in (("bill", "merchant"), ("miniprogram", "program"), ("search", "query")):
+        for path in sorted((data / "raw" / source).glob("*.parquet")):
+            frame = pd.read_parquet(path)
+            frame[column] = None  # a log without names: `instructue snapshots` reads them as ""
+            if source == "bill":
+                frame["amount"] = float("nan")
+            frame.to_parquet(path)
+    assert (raw_events(data, "bill")["merchant"] == "").all()
+    triplets = build_userqa(data, seed=0, progress=False)
+    answers = triplets.groupby("family")["answer"].apply(list)
+    for family in ("fund_purchase", "travel", "next_miniprogram", "future_search"):
+        assert family in answers, family
+    joined = " ".join(triplets["answer"])
+    assert " at ." not in joined and "open ." not in joined and '""' not in joined
+
+
+def test_next_category_ranks_by_payments_when_amounts_are_missing():
+    nan = float("nan")
+    bills = pd.DataFrame({"category": ["travel", "beauty", "beauty", ""], "amount": [nan, nan, nan, nan]})
+    ctx = UserContext(row=pd.Series(dtype=object), future={"bill": bills})
+    assert answer_next_category(ctx) == "Most of the user's spending next month will go to beauty, then travel."
