@@ -93,6 +93,7 @@ class InstructUEModel(nn.Module):
             target_modules=config.lora_targets,
             bias="none",
         )
+        torch.manual_seed(config.seed)  # LoRA's A matrices, the special tokens and the adapters start from it
         self.llm = get_peft_model(llm, lora)
         # The decoder's final norm is trained too (576 weights for SmolLM2): a truncated backbone's last hidden
         # states come from an early layer and need re-scaling before the tied LM head.
@@ -101,7 +102,6 @@ class InstructUEModel(nn.Module):
         self.item_encoder.requires_grad_(False)
         ready_item_tokenizer(item_tokenizer, config)
 
-        torch.manual_seed(config.seed)
         base_embeddings = self.llm.get_input_embeddings().weight.detach()
         emb_std = float(base_embeddings.std())
         n_special = len(special_tokens())

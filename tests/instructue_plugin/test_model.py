@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -412,3 +413,21 @@ def test_token_budgets_below_one_are_refused(field):
     tiny = config_for_preset("tiny")
     with pytest.raises(ValidationError, match=f"{field}[\\s\\S]*must be >= 1"):
         type(tiny).model_validate({**tiny.model_dump(), field: 0})
+
+
+def test_the_config_seed_alone_sets_the_initial_trainable_weights(tmp_path):
+    # A backbone loaded from a folder (hf:<dir>) draws no random numbers of its own, unlike `tiny`'s.
+    from instructue_plugin.backbones import build_llm, smollm2_dir, tiny_llm_config
+
+    folder = tmp_path / "llm"
+    build_llm(tiny_llm_config(config_for_preset("tiny"), vocab_size=49152)).save_pretrained(folder)
+    for tokenizer_file in smollm2_dir().glob("*token*"):
+        shutil.copy(tokenizer_file, folder)
+
+    def lora_a(seed: int, prior: int) -> torch.Tensor:
+        torch.manual_seed(prior)  # whatever ran before must not matter
+        model = InstructUEModel.create(config_for_preset(f"hf:{folder}", seed=seed))
+        return next(p for n, p in model.named_parameters() if "lora_A" in n).detach().clone()
+
+    assert torch.equal(lora_a(seed=1, prior=10), lora_a(seed=1, prior=20))
+    assert not torch.equal(lora_a(seed=1, prior=10), lora_a(seed=2, prior=10))
