@@ -52,7 +52,7 @@ class ModelConfig(BaseModel):
     profile_tokens: int = 2
     # Text budgets; longer instructions are cut to this many tokens (logged), answers likewise.
     max_instruction_tokens: int = 32
-    max_answer_tokens: int = 40
+    max_answer_tokens: int = 64  # the longest UserQA answers (general descriptions) take ~57 tokens
     # Read-out: `<USER>` hidden state -> projection head -> L2 norm.
     embedding_dim: int = 256
     # LoRA on attention and MLP projections.

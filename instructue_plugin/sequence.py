@@ -124,14 +124,17 @@ class SequenceBuilder:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode_texts(self, texts: list[str], *, limit: int, what: str) -> list[list[int]]:
+    def encode_texts(
+        self, texts: list[str], *, limit: int, what: str, end_if_whole: list[int] | None = None
+    ) -> list[list[int]]:
         """Tokenize free texts (special tokens in them read as text), cutting each to `limit` tokens (logged once
-        per builder and kind of text, `what`)."""
+        per builder and kind of text, `what`); `end_if_whole` is appended to each text that was not cut."""
         encoded = [e.ids for e in self.text_tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
         if any(len(ids) > limit for ids in encoded) and what not in self._warned_truncation:
             self._warned_truncation.add(what)
             logger.warning("%s longer than %d tokens cut to %d tokens (the beginning is kept)", what, limit, limit)
-        return [ids[:limit] for ids in encoded]
+        end = end_if_whole or []
+        return [ids + end if len(ids) <= limit else ids[:limit] for ids in encoded]
 
     def build(
         self,
@@ -143,11 +146,11 @@ class SequenceBuilder:
         if len(instructions) != len(users) or (answers is not None and len(answers) != len(users)):
             raise ValueError("users, instructions and answers must have the same length")
         instruction_ids = self.encode_texts(instructions, limit=self.config.max_instruction_tokens, what="instructions")
+        # A cut answer gets no end token: the model must not learn to stop in mid-sentence.
         answer_ids = (
-            [
-                ids + self.answer_end
-                for ids in self.encode_texts(answers, limit=self.config.max_answer_tokens, what="answers")
-            ]
+            self.encode_texts(
+                answers, limit=self.config.max_answer_tokens, what="answers", end_if_whole=self.answer_end
+            )
             if answers is not None
             else None
         )
@@ -258,7 +261,8 @@ class SequenceBuilder:
         )
 
     def build_answers(self, answers: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and attention mask (right-padded) of answer texts for the answer tower."""
+        """Token ids and attention mask (right-padded) of answer texts for the answer tower; each ends with the end
+        token, cut or not, as the tower reads the last token."""
         encoded = [
             ids + self.answer_end
             for ids in self.encode_texts(answers, limit=self.config.max_answer_tokens, what="answers")

@@ -431,3 +431,16 @@ def test_the_config_seed_alone_sets_the_initial_trainable_weights(tmp_path):
 
     assert torch.equal(lora_a(seed=1, prior=10), lora_a(seed=1, prior=20))
     assert not torch.equal(lora_a(seed=1, prior=10), lora_a(seed=2, prior=10))
+
+
+def test_a_cut_answer_is_not_taught_to_end(model, rows):
+    users = featurize(select_rows(rows, [0, 2]), max_items_per_source=model.config.max_items_per_source)
+    limit = model.config.max_answer_tokens
+    long_answer = "The user pays for travel and groceries every week. " * 10
+    inputs = model.builder.build(users, [FUND, FUND], ["Yes.", long_answer])
+    end = model.builder.answer_end[-1]
+    targets = [row[row != -100].tolist() for row in inputs.labels]
+    assert targets[0][-1] == end  # a whole answer ends with the end token
+    assert len(targets[1]) == limit and end not in targets[1]  # a cut one stops where it was cut
+    ids, mask = model.builder.build_answers(["Yes.", long_answer])
+    assert ids[1, mask[1].sum() - 1] == end  # the answer tower reads the end token of both
