@@ -134,7 +134,9 @@ def tiny_llm_config(config: ModelConfig, *, vocab_size: int) -> dict[str, Any]:
         "initializer_range": hidden**-0.5,
         "bos_token_id": 1,
         "eos_token_id": 2,
-        "pad_token_id": 2,
+        # No pad token: as the embedding's padding row, <|im_end|> would start (and, with the tied head, stay) zero,
+        # and a tiny model could never learn to end an answer. Batches are padded by attention mask anyway.
+        "pad_token_id": None,
     }
 
 

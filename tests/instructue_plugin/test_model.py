@@ -331,9 +331,27 @@ def test_overlong_instruction_is_cut_to_the_token_budget(embedder, model, rows):
     np.testing.assert_allclose(embedder.embed(rows, long_instruction), embedder.embed(rows, prefix), atol=2e-5)
 
 
-def test_answer_generates_text(model, rows):
-    text = model.answer(select_rows(rows, [0]), "What does this user spend on?", max_new_tokens=5)
-    assert isinstance(text, str)
+def test_answer_says_what_it_was_trained_to_say_and_stops(rows):
+    from training.trainer import TrainConfig, TrainingStep
+
+    torch.manual_seed(0)
+    model = InstructUEModel.create(config_for_preset("tiny", lora_dropout=0.0))
+    row = select_rows(rows, [0])
+    question, answer = "What does this user spend on?", "Mostly travel and groceries."
+    inputs = model.builder.build(featurize(row, max_items_per_source=8), [question], [answer])
+    step = TrainingStep(model, TrainConfig(data=".", out=".", preset="tiny", loss="ar"))
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(60):  # overfit the one answer
+        loss = step(model.tensors(inputs), torch.from_numpy(inputs.labels), None, None, None)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    assert model.answer(row, question, max_new_tokens=16) == answer  # and no more: it ends
+
+
+def test_answer_takes_one_known_users_row(model, rows):
     with pytest.raises(ValueError, match="one feature row"):
         model.answer(select_rows(rows, [0, 1]), "?")
     unknown = {name: [None] for name in rows}
