@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow.parquet as pq
 
 from instructue_plugin.errors import DataValidationError
 from instructue_plugin.schema import ENTITY_KEY, PROFILE, SEQUENCE_BY_NAME, SEQUENCE_SOURCES, TIMESTAMP_COLUMN
@@ -37,10 +38,24 @@ def raw_files(raw_dir: Path, source: str) -> list[Path]:
 
 
 def snapshot_tables(data_dir: Path) -> dict[str, Path]:
-    """The snapshot table of each of the six sources, by source name (refused when one is missing)."""
+    """The snapshot table of each of the six sources, by source name.
+
+    Raises:
+        DataValidationError: a table is missing or lacks a column of the schema (data of other definitions).
+    """
     snapshots = _require(Path(data_dir) / SNAPSHOTS, "snapshots folder")
-    names = [s.name for s in SEQUENCE_SOURCES] + [PROFILE.name]
-    return {name: _require(snapshots / f"{name}.parquet", f"snapshot table {name!r}") for name in names}
+    tables = {}
+    for source in [*SEQUENCE_SOURCES, PROFILE]:
+        path = _require(snapshots / f"{source.name}.parquet", f"snapshot table {source.name!r}")
+        present = set(pq.read_schema(path).names)
+        missing = [c for c in (ENTITY_KEY, TIMESTAMP_COLUMN, *source.feature_columns) if c not in present]
+        if missing:
+            raise DataValidationError(
+                f"snapshot table {path} lacks the column(s) {', '.join(missing)} of this schema: data of other "
+                "feature definitions? Rebuild it with `instructue snapshots`"
+            )
+        tables[source.name] = path
+    return tables
 
 
 def read_labels(data_dir: Path, *, required: tuple[str, ...] = (ENTITY_KEY, "split")) -> pd.DataFrame:
@@ -105,6 +120,12 @@ def raw_events(data_dir: Path, source: str, *, user_ids: list[int] | None = None
     if user_ids is not None:
         con.register("wanted", pd.DataFrame({ENTITY_KEY: list(user_ids)}))
         where = f"WHERE {ENTITY_KEY} IN (SELECT {ENTITY_KEY} FROM wanted)"
+    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_list(files)})").fetchall()}
+    expected = (ENTITY_KEY, TIMESTAMP_COLUMN, *(f.name for f in SEQUENCE_BY_NAME[source].fields))
+    missing = [c for c in expected if c not in present]
+    if missing:
+        con.close()
+        raise DataValidationError(f"raw log of {source!r} ({files[0].parent}) lacks the column(s) {', '.join(missing)}")
     time = _utc_time(con, files)
     # Events at the same time keep the log's own order (file, then row), so answers built from them are stable.
     query = (

@@ -104,3 +104,15 @@ def test_next_category_ranks_by_payments_when_amounts_are_missing():
     bills = pd.DataFrame({"category": ["travel", "beauty", "beauty", ""], "amount": [nan, nan, nan, nan]})
     ctx = UserContext(row=pd.Series(dtype=object), future={"bill": bills})
     assert answer_next_category(ctx) == "Most of the user's spending next month will go to beauty, then travel."
+
+
+def test_a_data_folder_of_other_feature_definitions_is_refused_by_table_and_column(small_data, tmp_path):
+    data = shutil.copytree(small_data, tmp_path / "data")
+    bill = data / "snapshots" / "bill.parquet"
+    pd.read_parquet(bill).rename(columns={"bill_amount": "bill_value"}).to_parquet(bill)
+    with pytest.raises(DataValidationError, match="bill.parquet lacks the column.*bill_amount"):
+        features_asof(data, pd.DataFrame({"user_id": [1], "event_timestamp": [pd.Timestamp("2026-06-30", tz="UTC")]}))
+    for path in (data / "raw" / "search").glob("*.parquet"):
+        pd.read_parquet(path).rename(columns={"query": "text"}).to_parquet(path)
+    with pytest.raises(DataValidationError, match="raw log of 'search'.*query"):
+        raw_events(data, "search")
