@@ -8,6 +8,8 @@ needs lives here, not in the repo module.
 `user_id`, the six views' feature columns (short names and `<view>__<column>`), and the request field
 `instruction`. It returns `{"embedding": [...]}`, one list of floats per row, or None
 where the user has no data (an unknown user): that row reads as a null feature, the other rows are unaffected.
+A user whose stored features are malformed (e.g. list columns of one source with different lengths) gets a
+null too, with an error log naming the user (`embed_valid_rows`); `instructue materialize` does the same.
 
 - `feast apply` calls the function once with fake inputs (strings "hello world", no join key) to check the
   output schema. Those inputs are recognised by the missing `user_id` column and answered with a placeholder
@@ -30,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import model_identity_files, schema, settings
+from .embedder import normalize_instructions
 from .errors import DataValidationError, ModelNotFoundError
-from .featurize import short_column_names
+from .featurize import featurize, short_column_names
 
 if TYPE_CHECKING:
     from .embedder import Embedder
@@ -118,8 +121,49 @@ def embed_on_read(inputs: Mapping[str, Sequence[Any]]) -> dict[str, list[list[fl
         )
     features = feature_columns(inputs)
     instructions = [_instruction(v) for v in inputs[INSTRUCTION_FIELD]] if INSTRUCTION_FIELD in inputs else None
-    vectors = load_embedder().embed(features, instructions)
+    vectors = embed_valid_rows(load_embedder(), features, instructions, user_ids=list(inputs[schema.ENTITY_KEY]))
     return {EMBEDDING_FEATURE: to_feature_values(vectors)}
+
+
+def embed_valid_rows(
+    embedder: Embedder,
+    features: dict[str, list[Any]],
+    instruction: str | list[str | None] | None,
+    *,
+    user_ids: Sequence[Any],
+) -> np.ndarray:
+    """`embedder.embed`, except that a user whose feature row is malformed gets a NaN row (a null feature) and an
+    error log naming the user, instead of failing every user of the call.
+
+    Raises:
+        DataValidationError: bad instructions, or no row of the call is well formed (the first one's user named).
+    """
+    instructions = normalize_instructions(instruction, len(user_ids))
+    try:
+        return embedder.embed(features, instructions)
+    except DataValidationError as error:
+        whole = error
+    good, failures = [], []
+    for row, user in enumerate(user_ids):
+        try:
+            featurize(_rows(features, [row]), max_items_per_source=embedder.config.max_items_per_source)
+            good.append(row)
+        except DataValidationError as error:
+            failures.append(f"user {user}: {error}")
+    if not failures:
+        raise whole  # not a row's fault
+    if not good:
+        raise DataValidationError(f"no row has well-formed features; {failures[0]}") from whole
+    for failure in failures:
+        logger.error("malformed features, embedding null for %s", failure)
+    out = np.full((len(user_ids), embedder.dim), np.nan, dtype=np.float32)
+    out[good] = embedder.embed(_rows(features, good), [instructions[i] for i in good])
+    return out
+
+
+def _rows(features: Mapping[str, Sequence[Any]], rows: list[int]) -> dict[str, list[Any]]:
+    """Rows `rows` of a dict of columns."""
+    return {name: [column[i] for i in rows] for name, column in features.items()}
 
 
 def feature_columns(inputs: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:

@@ -288,7 +288,7 @@ def materialize_embeddings(
     from tqdm.auto import tqdm
 
     from .feast_store import open_store
-    from .feast_udf import load_embedder
+    from .feast_udf import embed_valid_rows, load_embedder
 
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -358,7 +358,7 @@ def materialize_embeddings(
             rows = users.slice(batch * batch_size, batch_size)
             features = _read_features(store, rows)
             for instruction in todo:
-                vectors = embedder.embed(features, instruction.text)
+                vectors = embed_valid_rows(embedder, features, instruction.text, user_ids=features[schema.ENTITY_KEY])
                 stored = _store_batch(
                     store, offline_dir, features, vectors, instruction.id, batch=batch, computed_at=computed_at
                 )

@@ -35,6 +35,7 @@ from instructue_plugin.feast_definitions import snapshot_path
 from instructue_plugin.materialize import _offline_copy_dir, load_instructions, materialize_embeddings, state_path
 from instructue_plugin.model import InstructUEModel
 from tests.feast_repo.conftest import FEAST, REPO_SOURCE, apply_repo_copy, run_feast, write_snapshot_dataset
+from tests.helpers import feature_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:fetch_arrow_table:DeprecationWarning")
 
@@ -214,6 +215,22 @@ def test_unknown_user_reads_null_beside_known_users(store, model_env, materializ
         assert got[1] is None
         np.testing.assert_allclose(got[0], alone[0], atol=ATOL)
         np.testing.assert_allclose(got[2], alone[1], atol=ATOL)
+
+
+def test_a_malformed_user_reads_null_beside_well_formed_users(embedder, caplog) -> None:
+    rows = feature_rows(3, seed=4)
+    rows["bill_amount"] = [list(v) if v is not None else None for v in rows["bill_amount"]]
+    assert rows["bill_amount"][1]
+    rows["bill_amount"][1] = rows["bill_amount"][1][:-1]  # one amount fewer than times
+    with caplog.at_level(logging.ERROR, logger="instructue_plugin.feast_udf"):
+        vectors = feast_udf.embed_valid_rows(embedder, rows, FUND, user_ids=[7, 8, 9])
+    assert np.isnan(vectors[1]).all() and "user 8" in caplog.text and "bill_amount" in caplog.text
+    well_formed = {name: [values[0], values[2]] for name, values in rows.items()}
+    np.testing.assert_allclose(vectors[[0, 2]], embedder.embed(well_formed, FUND), atol=1e-6)
+    with pytest.raises(DataValidationError, match="no row has well-formed features; user 8"):
+        feast_udf.embed_valid_rows(embedder, {name: [values[1]] for name, values in rows.items()}, FUND, user_ids=[8])
+    with pytest.raises(DataValidationError, match="instructions"):  # not a row's fault: raised as before
+        feast_udf.embed_valid_rows(embedder, rows, [FUND], user_ids=[7, 8, 9])
 
 
 def test_empty_instruction_is_general_and_long_instructions_are_cut(store, model_env, embedder, users) -> None:
