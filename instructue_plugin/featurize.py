@@ -16,7 +16,7 @@ Documented fallbacks (each logged once per process):
 The summary token of a source covers at most the source's `max_items` newest items (what a snapshot row holds).
 Errors (`DataValidationError`): rows but no column of any of the six views, some but not all columns of a
 source present, a sequence cell that is not a list, list columns of one source with different lengths in a
-row, values that cannot be read as numbers.
+row, values that cannot be read as numbers, item times too large to be unix seconds (milliseconds?).
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ from .schema import (
 logger = logging.getLogger(__name__)
 # Slots of the per-token numeric vector after the numeric fields (see schema.ITEM_NUMERIC_WIDTH).
 RECENCY_SLOT, COUNT_SLOT, SUMMARY_FLAG_SLOT = ITEM_NUMERIC_WIDTH - 3, ITEM_NUMERIC_WIDTH - 2, ITEM_NUMERIC_WIDTH - 1
+# Item times above this are not unix seconds (it is the year ~5138): most likely milliseconds.
+MAX_UNIX_SECONDS = 1e11
 # Age given to the items of a source none of whose items is timed: the end of the recency scale (recency 1).
 UNTIMED_AGE_DAYS = math.expm1(RECENCY_SCALE)
 _warned: set[str] = set()
@@ -232,6 +234,7 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
                 per_row.append(([], {}))
                 continue
             ts = _to_floats(ts, column=source.ts_column, row=row)
+            _require_unix_seconds(ts, column=source.ts_column, row=row)
             values = {}
             for f in source.fields:
                 cell = field_values[f.name][row]
@@ -299,6 +302,16 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
             nonfinite,
         )
     return users
+
+
+def _require_unix_seconds(ts: np.ndarray, *, column: str, row: int) -> None:
+    """Raise if item times are too large to be unix seconds (milliseconds or microseconds, by the look)."""
+    finite = np.abs(ts[np.isfinite(ts)])
+    if finite.size and finite.max() > MAX_UNIX_SECONDS:
+        raise DataValidationError(
+            f"row {row}: column {column!r} holds {finite.max():.4g}, beyond the year 5000 in unix seconds: "
+            "item times must be unix seconds (milliseconds?)"
+        )
 
 
 def _require_no_items(field_values: dict[str, list[Any]], source: Any, row: int) -> None:

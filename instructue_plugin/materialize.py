@@ -447,7 +447,9 @@ def _store_batch(
     store.write_to_online_store(VIEW_NAME, df=table.to_pandas())
     part = offline_dir / instruction_id / f"part-{batch:06d}.parquet"
     part.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, part)
+    staging = part.with_suffix(".tmp")  # outside the view's `*/*.parquet`: a crash leaves no half-written part
+    pq.write_table(table, staging)
+    os.replace(staging, part)
     return len(user_ids)
 
 

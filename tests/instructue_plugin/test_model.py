@@ -317,6 +317,10 @@ def test_bad_rows_raise_clear_errors(embedder, rows):
     untimed["bill_ts"][0] = []  # items without their times would be dropped
     with pytest.raises(DataValidationError, match="bill_.*row 0|row 0.*bill_.*items but 'bill_ts' has none"):
         embedder.embed(untimed)
+    in_milliseconds = {name: list(values) for name, values in rows.items()}
+    in_milliseconds["bill_ts"][0] = [1000.0 * value for value in in_milliseconds["bill_ts"][0]]
+    with pytest.raises(DataValidationError, match="bill_ts.*unix seconds"):
+        embedder.embed(in_milliseconds)
     with pytest.raises(DataValidationError, match="dict of lists.*not a list"):
         embedder.embed([{"bill_ts": [1.0]}])
     with pytest.raises(DataValidationError, match="column 'bill_ts' is a int"):
