@@ -205,8 +205,9 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
         One `UserBehaviour` per input row, in order.
 
     Raises:
-        DataValidationError: no column of the six views, partially present sources, a sequence cell that is not
-            a list, ragged lists, non-numeric numeric values.
+        DataValidationError: not a table or dict of columns, no column of the six views, partially present
+            sources, a sequence cell that is not a list, ragged lists, non-numeric numeric values, item times
+            not in unix seconds.
     """
     _require_columns_container(features)
     features = short_column_names(features)

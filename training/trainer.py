@@ -357,7 +357,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         disable=not (progress and accelerator.is_main_process),
     )
 
-    applied = [start_step]  # optimizer steps in the weights (on a GPU the record's .item() waits for them)
+    applied = [start_step]  # optimizer steps in the weights
 
     def _train_step(step: int) -> dict[str, float]:
         """One optimizer step on the batch of `step`; returns its record."""
@@ -384,12 +384,11 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(losses["loss"])
         accelerator.clip_grad_norm_([*trainable_lora, *trainable_new], config.grad_clip)
-        record = {k: v.item() for k, v in losses.items()}
-        record.update(step=step + 1, lr=scheduler.get_last_lr()[0])  # the rate this step uses
+        record = {k: v.item() for k, v in losses.items()}  # lr: the rate this step uses
+        record.update(step=step + 1, lr=scheduler.get_last_lr()[0], seconds=seconds_before + time.monotonic() - started)
+        history.append(record)  # a checkpoint keeps the records of the steps it holds (`save_checkpoint`)
         optimizer.step()
         scheduler.step()
-        record["seconds"] = seconds_before + time.monotonic() - started
-        history.append(record)  # checkpoints keep the records of the steps they hold (`save_checkpoint`)
         applied[0] = step + 1  # from here the weights hold this step
         return record
 
