@@ -6,7 +6,8 @@ CUDA with the graph converted to fp16 (an fp16 path where TensorRT is not instal
 per embedding against the CPU, then measure users/s at each batch size and the achieved backbone TFLOP/s
 against the card's dense fp16 peak. Prints a table and writes `gpu-check.json` into --out.
 
-Run it through `bench/gpu_check.sh`; with no usable NVIDIA GPU it prints `SKIP: ...` and exits 0.
+Run it through `bench/gpu_check.sh`; with no NVIDIA GPU it prints `SKIP: ...` and exits 0, with a GPU but an
+onnxruntime without its CUDA provider `FAILED: ...` and exits 1.
 """
 
 from __future__ import annotations
@@ -121,11 +122,15 @@ def main() -> int:
 
     has_gpu, why = gpu_status()
     available = ort.get_available_providers()
-    if not has_gpu or "CUDAExecutionProvider" not in available:
-        reason = why if not has_gpu else f"this onnxruntime ({ort.__version__}) has no CUDA provider: {available}"
-        print(f"SKIP: {reason}")
-        report_path.write_text(json.dumps({"skipped": reason}, indent=2))
+    if not has_gpu:
+        print(f"SKIP: {why}")
+        report_path.write_text(json.dumps({"skipped": why}, indent=2))
         return 0
+    if "CUDAExecutionProvider" not in available:  # a GPU, but a CPU-only onnxruntime: nothing can be checked
+        reason = f"this onnxruntime ({ort.__version__}) has no CUDA provider: {available}"
+        print(f"FAILED: {reason}")
+        report_path.write_text(json.dumps({"failed": reason}, indent=2))
+        return 1
 
     from instructue_plugin.config import config_for_preset
     from instructue_plugin.example_inputs import example_feature_rows

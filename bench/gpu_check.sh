@@ -5,7 +5,8 @@
 #
 # Writes gpu-check.json into $OUT when set (the device tool's output folder), else into reports/.
 # Installs nothing beyond the repo's install, except TensorRT 10 for CUDA 13 when pip can get it
-# (onnxruntime-gpu 1.31 cannot load TensorRT 11). Without a GPU it prints "SKIP: ..." and exits 0.
+# (onnxruntime-gpu 1.31 cannot load TensorRT 11). Without a GPU it prints "SKIP: ..." and exits 0; with a GPU
+# that it cannot check (the project or onnxruntime's CUDA provider missing) it prints "FAILED: ..." and exits 1.
 # Sized for one 10-minute run: the python step is cut at 9 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,9 +18,11 @@ if ! command -v nvidia-smi >/dev/null 2>&1 && [ ! -e /dev/nvidia0 ]; then
   echo "SKIP: no NVIDIA GPU on this machine (no nvidia-smi, no /dev/nvidia0)"
   exit 0
 fi
-if ! "$PY" -c "import onnxruntime, torch, transformers, instructue_plugin" 2>/dev/null; then
-  echo "SKIP: the project is not installed for $PY (run make install first)"
-  exit 0
+if ! "$PY" -c "import onnxruntime, torch, transformers, instructue_plugin"; then
+  # A GPU is here, so nothing was checked: a failure, not a skip.
+  echo "FAILED: the project is not importable for $PY (see the error above; run make install first)"
+  mkdir -p "$OUT_DIR" && echo '{"failed": "the project is not installed"}' > "$OUT_DIR/gpu-check.json"
+  exit 1
 fi
 if ! "$PY" -c "import tensorrt" 2>/dev/null; then
   "$PY" -m pip install --quiet --timeout 20 --retries 0 "tensorrt-cu13>=10.15,<11" >/dev/null 2>&1 \

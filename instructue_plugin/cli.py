@@ -57,9 +57,12 @@ def main(
 
 def _parse_users(users: str) -> list[int]:
     try:
-        return [int(u) for u in users.split(",") if u.strip()]
+        ids = [int(u) for u in users.split(",") if u.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--users must be comma-separated integers, got {users!r}") from None
+        ids = []
+    if not ids:
+        raise typer.BadParameter(f"--users must be comma-separated integers, got {users!r}")
+    return ids
 
 
 def _names(comma_separated: str) -> tuple[str, ...]:
@@ -226,6 +229,8 @@ def embed(
 
     import instructue_plugin
 
+    if out is not None and not out.expanduser().parent.is_dir():
+        raise typer.BadParameter(f"--out {out}: the folder {out.expanduser().parent} does not exist")
     ids, features = _user_features(data, users, at)
     vectors = instructue_plugin.load(model).embed(features, instruction)
     if out is not None:
@@ -457,27 +462,44 @@ def export(
             "(default: generated example rows only)."
         ),
     ] = None,
+    int8_min_cosine: Annotated[
+        float | None,
+        typer.Option(
+            help="Fail if an int8 embedding's cosine to fp32 on the real parity rows falls below this (default "
+            "0.99; 0 accepts any int8 graph)."
+        ),
+    ] = None,
+    exporter: Annotated[str, typer.Option(help="legacy | dynamo | auto (legacy, falling back to dynamo).")] = "auto",
+    tolerance: Annotated[
+        float, typer.Option(help="Largest max-abs difference allowed between onnxruntime (fp32) and PyTorch.")
+    ] = 1e-4,
 ) -> None:
     """Export a trained model to ONNX, check it (checker and parity with PyTorch) and write a manifest."""
     from .onnx_export import MAX_PARITY_FEATURE_ROWS, export_model
 
-    if (int8_keep_fp32 is not None or int8_outlier_channels is not None) and not int8:
-        raise ConfigError("--int8-keep-fp32 and --int8-outlier-channels need --int8")
+    if (int8_keep_fp32 is not None or int8_outlier_channels is not None or int8_min_cosine is not None) and not int8:
+        raise ConfigError("--int8-keep-fp32, --int8-outlier-channels and --int8-min-cosine need --int8")
     keep = _int8_keep_fp32(int8_keep_fp32)
-    outliers = {} if int8_outlier_channels is None else {"int8_outlier_channels": int8_outlier_channels}
+    int8_options = {
+        name: value
+        for name, value in (("int8_outlier_channels", int8_outlier_channels), ("int8_min_cosine", int8_min_cosine))
+        if value is not None
+    }
     features = None
     if calibration_data is not None:
         from training.data import latest_features_sample
 
         features = latest_features_sample(calibration_data, MAX_PARITY_FEATURE_ROWS)
-        typer.echo(f"calibrating with the latest rows of {len(features)} users of {calibration_data}")
+        typer.echo(f"checking parity{' and calibrating int8' if int8 else ''} on {len(features)} users' latest rows")
     folder = export_model(
         model,
         out,
         int8=int8,
         int8_keep_fp32=keep,
+        exporter=exporter,
+        tolerance=tolerance,
         parity_features=features,
-        **outliers,
+        **int8_options,
         progress=typer.echo,
     )
     typer.echo(f"export written to {folder}")

@@ -29,12 +29,12 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from . import __version__
-from .errors import InstructUEError
+from .errors import ConfigError, InstructUEError
 from .example_inputs import example_feature_rows, item_inputs, random_graph_inputs, real_graph_inputs
 from .featurize import featurize
 from .item_cache import CACHE_TEXTS_FILE, ItemVectorCache
@@ -48,11 +48,13 @@ from .manifest import (
     USER_GRAPH_FILE,
     USER_GRAPH_INT8_FILE,
     USER_OUTPUT,
+    read_manifest,
     sha256_file,
     write_manifest,
 )
 from .onnx_int8 import (
     DEFAULT_KEEP_FP32,
+    INT8_MIN_COSINE,
     OUTLIER_CHANNELS,
     OUTLIER_FRAGMENT,
     SMOOTHING_ALPHA,
@@ -397,11 +399,15 @@ def _catalog_texts(model_dir: Path) -> list[str]:
 
 
 def export_is_of(export_dir: str | Path, model_dir: str | Path) -> bool:
-    """Whether `export_dir` holds an export made from `model_dir`'s current weights (their sha256 matches)."""
+    """Whether `export_dir` holds an intact export (its manifest verifies) made from `model_dir`'s current
+    weights (their sha256 matches)."""
     from .model import WEIGHTS_FILE
 
     weights = Path(model_dir) / WEIGHTS_FILE
-    recorded = _unverified_manifest(Path(export_dir)).get("source_model_sha256")
+    try:
+        recorded = read_manifest(Path(export_dir)).get("source_model_sha256")
+    except InstructUEError:  # missing, damaged, or of another schema or format
+        return False
     return recorded is not None and weights.is_file() and recorded == sha256_file(weights)
 
 
@@ -412,6 +418,7 @@ def export_model(
     int8: bool = False,
     int8_keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32,
     int8_outlier_channels: int = OUTLIER_CHANNELS,
+    int8_min_cosine: float = INT8_MIN_COSINE,
     opset: int | None = None,
     exporter: Exporter = "auto",
     tolerance: float = 1e-4,
@@ -430,6 +437,8 @@ def export_model(
             `onnx_int8.quantize_int8`).
         int8_outlier_channels: intermediate channels per decoder MLP the int8 variant computes in fp32: those with
             the largest activations (see `onnx_int8.split_outlier_channels`; 0 splits none).
+        int8_min_cosine: the export fails if an int8 embedding's cosine to fp32 falls below this on the real
+            parity inputs (0 accepts any int8 graph).
         opset: ONNX opset (default: 17 for the legacy exporter, 18 for dynamo).
         exporter: "legacy" (`dynamo=False`), "dynamo", or "auto" (legacy, falling back to dynamo, logged).
         tolerance: largest max-abs difference allowed between onnxruntime (fp32) and PyTorch.
@@ -443,21 +452,35 @@ def export_model(
 
     Raises:
         ModelNotFoundError, CorruptModelError, SchemaMismatchError: the model folder cannot be loaded.
-        ExportError: `out_dir` holds something else, or a graph fails the ONNX checker.
-        ExportParityError: onnxruntime's outputs differ from PyTorch's by more than `tolerance`.
+        ConfigError: an unknown exporter, a tolerance that is not positive.
+        ExportError: `out_dir` holds something else or cannot be replaced, `model_dir` is an export folder, the
+            weights changed while exporting, or a graph fails the ONNX checker.
+        ExportParityError: onnxruntime's outputs differ from PyTorch's by more than `tolerance`, or the int8
+            graph's from fp32's beyond `int8_min_cosine`.
     """
     from .model import WEIGHTS_FILE, InstructUEModel
 
     say = progress or (lambda message: logger.info("%s", message))
+    if exporter not in get_args(Exporter):
+        raise ConfigError(f"unknown exporter {exporter!r}: choose one of {', '.join(get_args(Exporter))}")
+    if not tolerance > 0:
+        raise ConfigError(f"the parity tolerance must be positive, got {tolerance}")
     model_dir, out_dir = Path(model_dir).expanduser(), Path(out_dir).expanduser()
+    if _is_export_folder(model_dir):
+        raise ExportError(f"{model_dir} is an export folder; pass the trained model folder (`instructue train --out`)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} is a file; --out names the export folder to write")
     if out_dir.exists() and any(out_dir.iterdir()) and not _is_export_folder(out_dir):
         raise ExportError(f"{out_dir} exists and is not an export folder; choose another --out or empty it")
     if out_dir.is_symlink() or out_dir.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
         raise ExportError(f"{out_dir} is a link or holds the working directory; choose another --out")
     started = time.perf_counter()
     say(f"loading {model_dir}")
+    weights_sha256 = sha256_file(model_dir / WEIGHTS_FILE) if (model_dir / WEIGHTS_FILE).is_file() else None
     reference = InstructUEModel.from_pretrained(model_dir)  # as trained: unmerged LoRA, sdpa attention
     export_copy = _load_export_copy(model_dir)
+    if sha256_file(model_dir / WEIGHTS_FILE) != weights_sha256:
+        raise ExportError(f"{model_dir / WEIGHTS_FILE} changed while it was loaded (a training run saving?); retry")
     catalog = _catalog_texts(model_dir)
     random_users, real_users, random_items, item_texts = _parity_cases(reference, catalog, parity_features)
     backbone = export_copy.llm.get_base_model()
@@ -495,6 +518,7 @@ def export_model(
                     activation_peaks=activation_peaks,
                     keep_fp32=int8_keep_fp32,
                     outlier_channels=int8_outlier_channels,
+                    min_cosine=int8_min_cosine,
                 )
         say("copying tokenizers and precomputing the catalog's item vectors")
         shutil.copyfile(model_dir / LLM_TOKENIZER_FILE, staging / LLM_TOKENIZER_FILE)
@@ -511,7 +535,7 @@ def export_model(
             {
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "source_model": str(model_dir.resolve()),
-                "source_model_sha256": sha256_file(model_dir / WEIGHTS_FILE),
+                "source_model_sha256": weights_sha256,  # of the weights loaded above
                 "versions": _versions(),
                 "model": reference.config.model_dump(),
                 "llm_config": reference.llm_config,
@@ -534,13 +558,30 @@ def export_model(
                 "export_seconds": round(time.perf_counter() - started, 1),
             },
         )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        _replace_folder(out_dir, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     say(f"exported to {out_dir} in {time.perf_counter() - started:.0f} s")
     return out_dir
+
+
+def _replace_folder(target: Path, new: Path) -> None:
+    """Move `new` to `target`; an existing `target` is set aside first and restored if the move fails."""
+    if not target.exists():
+        new.rename(target)
+        return
+    old = target.with_name(f".{target.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    try:
+        target.rename(old)
+    except OSError as error:  # e.g. a mount point: nothing was changed
+        raise ExportError(f"cannot replace {target} ({error}); remove it or choose another --out") from error
+    try:
+        new.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _is_export_folder(folder: Path) -> bool:
@@ -568,6 +609,7 @@ def _export_int8(
     activation_peaks: dict,
     keep_fp32: Sequence[str],
     outlier_channels: int,
+    min_cosine: float,
 ) -> dict[str, Any]:
     """Smooth the export copy and split off its MLPs' outlier channels (in place, with the peaks recorded on the
     real cases), export it again and quantize it into `folder`, the outlier projections kept fp32; returns its
@@ -593,8 +635,21 @@ def _export_int8(
         keep_fp32=keep_fp32,
         always_fp32=(OUTLIER_FRAGMENT,) if split else (),
     )
+    if split and not any(OUTLIER_FRAGMENT in node for node in kept["kept_fp32_nodes"]):
+        raise ExportError(
+            f"the {exporter} exporter's graph does not name its matmuls after the model's modules, so the int8 "
+            "variant cannot keep the outlier channels' projections in fp32: export with the legacy exporter, or "
+            "with --int8-outlier-channels 0"
+        )
     _check(folder / USER_GRAPH_INT8_FILE)
-    return int8_parity(folder, random_users, real_users) | {
+    parity = int8_parity(folder, random_users, real_users)
+    if not parity["real_min_cosine"] >= min_cosine:  # also a NaN
+        raise ExportParityError(
+            f"the int8 graph's embeddings reach a cosine of only {parity['real_min_cosine']:.4f} to fp32 on the real "
+            f"inputs (at least {min_cosine:g} asked); nothing is written. Keep more projections in fp32 "
+            "(--int8-keep-fp32 down_proj), split more outlier channels, or export without --int8"
+        )
+    return parity | {
         "smoothed": smoothed,
         "smoothing_alpha": SMOOTHING_ALPHA,
         "outlier_channels": {"per_mlp": outlier_channels if split else 0, "mlps_split": split},
@@ -700,7 +755,7 @@ def _export_checked(
         if not worst <= tolerance:  # also catches NaN
             raise ExportParityError(
                 f"{graph} ({exporter} exporter): onnxruntime differs from PyTorch by {worst:.3g} > {tolerance:g} "
-                f"(max abs); the graph is not written. Try the other exporter (--exporter) or report the model"
+                f"(max abs); the graph is not written. Try the other exporter (--exporter) or a looser --tolerance"
             )
     return parity
 

@@ -117,6 +117,9 @@ def test_manifest_describes_the_export(export_dir, model_dir):
 
 def test_an_export_knows_the_weights_it_was_made_from(export_dir, model_dir, tmp_path):
     assert export_is_of(export_dir, model_dir)
+    damaged = shutil.copytree(export_dir, tmp_path / "damaged")
+    (damaged / USER_GRAPH_FILE).unlink()
+    assert not export_is_of(damaged, model_dir), "an export that would not load is not up to date"
     retrained = InstructUEModel.from_pretrained(model_dir)
     with torch.no_grad():
         retrained.head.weight.add_(0.01)  # e.g. a longer training run saved into the same folder
@@ -187,9 +190,28 @@ def test_outlier_channels_in_fp32_bring_int8_closer_when_activations_have_outlie
             int8=True,
             int8_keep_fp32=(),
             int8_outlier_channels=channels,
+            int8_min_cosine=0.0,  # the unsplit graph may be poor: that is the point
         )
         cosine[channels] = read_manifest(export)["parity"]["user_embedding_int8"]["real_mean_cosine"]
     assert 1 - cosine[4] < 0.5 * (1 - cosine[0])
+
+
+def test_an_int8_graph_far_from_fp32_fails_the_export_and_writes_nothing(model_dir, tmp_path):
+    model = InstructUEModel.from_pretrained(model_dir)
+    with torch.no_grad():  # huge outlier channels, none of them split off or kept fp32
+        for layer in model.llm.get_base_model().get_decoder().layers:
+            layer.mlp.up_proj.base_layer.weight[:4] *= 200.0
+            layer.mlp.gate_proj.base_layer.weight[:4] *= 10.0
+    model.save_pretrained(tmp_path / "model")
+    options = {"int8": True, "int8_keep_fp32": (), "int8_outlier_channels": 0}
+    with pytest.raises(ExportParityError, match="int8 graph's embeddings reach a cosine of only"):
+        export_model(tmp_path / "model", tmp_path / "export", **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_int8_outlier_channels_need_module_named_matmuls(model_dir, tmp_path):
+    with pytest.raises(ExportError, match="dynamo exporter's graph does not name its matmuls"):
+        export_model(model_dir, tmp_path / "export", int8=True, exporter="dynamo")
 
 
 def test_the_default_fp32_projection_is_optional_for_backbones_that_name_layers_otherwise(
@@ -248,6 +270,19 @@ def test_parity_failure_is_loud_and_writes_nothing(model_dir, tmp_path):
         export_model(model_dir, tmp_path / "strict", exporter="legacy", tolerance=1e-12)
     assert not (tmp_path / "strict").exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no staging folder left behind
+
+
+def test_export_replaces_an_earlier_export_and_refuses_swapped_folders(export_dir, model_dir, tmp_path):
+    earlier = shutil.copytree(export_dir, tmp_path / "export")
+    (earlier / "stale.txt").write_text("from the earlier export")
+    export_model(model_dir, earlier)
+    assert not (earlier / "stale.txt").exists() and read_manifest(earlier)["format"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no set-aside or staging folder left
+    with pytest.raises(ExportError, match="is an export folder; pass the trained model folder"):
+        export_model(export_dir, tmp_path / "other")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match="is a file"):
+        export_model(model_dir, tmp_path / "file")
 
 
 def test_export_refuses_a_folder_that_is_not_an_export(model_dir, tmp_path):
