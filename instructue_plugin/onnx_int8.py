@@ -203,7 +203,7 @@ def split_outlier_channels(
     count = 0
     for i, layer in enumerate(layers):
         peak = peaks.get((i, "mlp_inner"))
-        if peak is None or _named(f"/layers.{i}/mlp/down_proj/", keep_fp32):
+        if peak is None or _module_named(f"/layers.{i}/mlp/down_proj/", keep_fp32):
             continue
         outliers = peak.topk(min(channels, peak.numel() - 1)).indices
         layer.mlp = _split_mlp(layer.mlp, outliers)
@@ -212,8 +212,21 @@ def split_outlier_channels(
 
 
 def _named(name: str, fragments: Sequence[str]) -> bool:
-    """Whether a graph node's or module's `name` holds one of `fragments` (how `--int8-keep-fp32` names matmuls)."""
-    return any(fragment in name for fragment in fragments)
+    """Whether a graph node's `name` holds one of `fragments` (how `--int8-keep-fp32` names matmuls). Dots and
+    slashes count alike, and LoRA's `base_layer` level is skipped: `layers.0.mlp.down_proj`,
+    `layers.0/mlp/down_proj` and the node name the manifest lists, `/model/layers.0/mlp/down_proj/base_layer/MatMul`,
+    name the same matmul."""
+    return any(_plain_name(fragment) in _plain_name(name) for fragment in fragments)
+
+
+def _module_named(module: str, fragments: Sequence[str]) -> bool:
+    """Whether `fragments` name the matmul of `module` (a path like `/layers.0/mlp/down_proj/`): as `_named`, or
+    by a whole node name that holds the module's path."""
+    return _named(module, fragments) or any(_plain_name(module) in _plain_name(fragment) for fragment in fragments)
+
+
+def _plain_name(name: str) -> str:
+    return name.replace(".", "/").replace("/base_layer/", "/")
 
 
 def _modules(parent: Any, names: str) -> list[Any]:

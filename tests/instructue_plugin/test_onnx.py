@@ -155,6 +155,12 @@ def test_int8_can_keep_named_projections_in_fp32(export_dir, tmp_path):
     assert everything == {"quantized": counts["quantized"] + 2, "kept_fp32": 0, "kept_fp32_nodes": []}
     with pytest.raises(ConfigError, match="no_such_proj"):
         quantize_int8(export_dir / USER_GRAPH_FILE, tmp_path / "x.onnx", tmp_path, keep_fp32=("no_such_proj",))
+    # A module name with dots, or the node name a manifest lists, name the same matmul as the default's fragment.
+    listed = read_manifest(export_dir)["parity"]["user_embedding_int8"]["matmuls"]["kept_fp32_nodes"]
+    layer0 = next(node for node in listed if "layers.0/mlp/down_proj" in node)
+    for name in ("layers.0.mlp.down_proj", layer0):
+        kept = quantize_int8(export_dir / USER_GRAPH_FILE, tmp_path / "one.onnx", tmp_path, keep_fp32=(name,))
+        assert kept["kept_fp32_nodes"] == [layer0], name
 
 
 def test_splitting_outlier_channels_keeps_the_function_and_picks_the_largest(model_dir, rows):
