@@ -331,11 +331,10 @@ def int8_parity(folder: Path, random_cases: list[dict], real_cases: list[dict]) 
         return np.concatenate([row_cosines(a, b) for a, b in runs])
 
     real, random = cosines(real_cases), cosines(random_cases)
-    result = {
+    return {
         "vs": "fp32 graph, onnxruntime CPU",
         "real_min_cosine": float(real.min()),
         "real_mean_cosine": float(real.mean()),
         "random_min_cosine": float(random.min()),
         "random_mean_cosine": float(random.mean()),
     }
-    return result
