@@ -120,13 +120,13 @@ def raw_events(data_dir: Path, source: str, *, user_ids: list[int] | None = None
     if user_ids is not None:
         con.register("wanted", pd.DataFrame({ENTITY_KEY: list(user_ids)}))
         where = f"WHERE {ENTITY_KEY} IN (SELECT {ENTITY_KEY} FROM wanted)"
-    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_list(files)})").fetchall()}
+    types = _column_types(con, files)
     expected = (ENTITY_KEY, TIMESTAMP_COLUMN, *(f.name for f in SEQUENCE_BY_NAME[source].fields))
-    missing = [c for c in expected if c not in present]
+    missing = [c for c in expected if c not in types]
     if missing:
         con.close()
         raise DataValidationError(f"raw log of {source!r} ({files[0].parent}) lacks the column(s) {', '.join(missing)}")
-    time = _utc_time(con, files)
+    time = _utc_time(types[TIMESTAMP_COLUMN])
     # Events at the same time keep the log's own order (file, then row), so answers built from them are stable.
     query = (
         f"SELECT * EXCLUDE (filename, file_row_number) REPLACE ({time} AS {TIMESTAMP_COLUMN}) "
@@ -141,10 +141,15 @@ def raw_events(data_dir: Path, source: str, *, user_ids: list[int] | None = None
     return events
 
 
-def _utc_time(con: duckdb.DuckDBPyConnection, files: list[Path]) -> str:
-    """SQL for the raw files' event time as a UTC timestamp, in each form `instructue snapshots` reads: a zoned
-    timestamp, a naive one (UTC), a date, or unix seconds as a number."""
-    kind = con.execute(f"DESCRIBE SELECT {TIMESTAMP_COLUMN} FROM read_parquet({_sql_list(files)})").fetchone()[1]
+def _column_types(con: duckdb.DuckDBPyConnection, files: list[Path]) -> dict[str, str]:
+    """Column name -> duckdb type of the parquet files read as one table."""
+    rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_list(files)})").fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def _utc_time(kind: str) -> str:
+    """SQL for the raw files' event time (of duckdb type `kind`) as a UTC timestamp, in each form `instructue
+    snapshots` reads: a zoned timestamp, a naive one (UTC), a date, or unix seconds as a number."""
     if kind.endswith("WITH TIME ZONE"):
         return TIMESTAMP_COLUMN
     if kind.startswith(("TIMESTAMP", "DATE")):
@@ -157,11 +162,11 @@ def last_event_time(data_dir: Path) -> pd.Timestamp:
     raw = _require(Path(data_dir) / RAW, "raw logs folder")
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    newest = [
-        con.execute(f"SELECT max({_utc_time(con, files)}) FROM read_parquet({_sql_list(files)})").fetchone()[0]
-        for files in (raw_files(raw, source.name) for source in SEQUENCE_SOURCES)
-        if files
-    ]
+    newest = []
+    for source in SEQUENCE_SOURCES:
+        if files := raw_files(raw, source.name):
+            time = _utc_time(_column_types(con, files).get(TIMESTAMP_COLUMN, ""))
+            newest.append(con.execute(f"SELECT max({time}) FROM read_parquet({_sql_list(files)})").fetchone()[0])
     con.close()
     if not any(t is not None for t in newest):
         raise DataValidationError(f"no raw event of any source under {raw}")
