@@ -28,6 +28,20 @@ def model_identity_files(folder: Path) -> list[Path]:
     return [folder / "config.json", folder / "model.safetensors"]
 
 
+def model_files_stamp(folder: Path) -> tuple:
+    """Size and modification time of the files that identify the model in `folder` (cheap to read per call):
+    it changes when they are rewritten or replaced."""
+    stamp = []
+    for file in model_identity_files(folder):
+        try:
+            status = file.stat()
+        except OSError:
+            stamp.append((file.name, None))
+        else:
+            stamp.append((file.name, status.st_size, status.st_mtime_ns))
+    return tuple(stamp)
+
+
 def load(path: str | Path, *, variant: str | None = None) -> Embedder:
     """Load an embedder from a trained model folder (PyTorch) or an export folder (onnxruntime).
 

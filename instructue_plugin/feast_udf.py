@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import model_identity_files, schema, settings
+from . import model_files_stamp, schema, settings
 from .embedder import normalize_instructions
 from .errors import DataValidationError, ModelNotFoundError
 from .featurize import featurize, short_column_names
@@ -54,19 +54,6 @@ _embedders: dict[tuple[Path, str], tuple[tuple, Embedder]] = {}
 _lock = threading.Lock()
 
 
-def _files_stamp(folder: Path) -> tuple:
-    """Size and modification time of the files that identify the model in `folder` (cheap to read per call)."""
-    stamp = []
-    for file in model_identity_files(folder):
-        try:
-            status = file.stat()
-        except OSError:
-            stamp.append((file.name, None))
-        else:
-            stamp.append((file.name, status.st_size, status.st_mtime_ns))
-    return tuple(stamp)
-
-
 def load_embedder(model_path: str | Path | None = None) -> Embedder:
     """The embedder of `model_path` (default: `settings.model_dir()`), loaded once per process, folder and variant
     (INSTRUCTUE_MODEL_VARIANT), and loaded again when the model in the folder is replaced.
@@ -77,7 +64,7 @@ def load_embedder(model_path: str | Path | None = None) -> Embedder:
     """
     folder = Path(model_path).expanduser().resolve() if model_path is not None else settings.model_dir()
     key = (folder, settings.model_variant())
-    stamp = _files_stamp(folder)
+    stamp = model_files_stamp(folder)
     cached = _embedders.get(key)
     if cached is not None and cached[0] == stamp:
         return cached[1]

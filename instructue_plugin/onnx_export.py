@@ -33,7 +33,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from . import __version__
+from . import __version__, model_files_stamp
 from .errors import ConfigError, InstructUEError
 from .example_inputs import example_feature_rows, item_inputs, random_graph_inputs, real_graph_inputs
 from .featurize import featurize
@@ -476,11 +476,13 @@ def export_model(
         raise ExportError(f"{out_dir} is a link or holds the working directory; choose another --out")
     started = time.perf_counter()
     say(f"loading {model_dir}")
-    weights_sha256 = sha256_file(model_dir / WEIGHTS_FILE) if (model_dir / WEIGHTS_FILE).is_file() else None
+    stamp = model_files_stamp(model_dir)
+    weights = model_dir / WEIGHTS_FILE
+    weights_sha256 = sha256_file(weights) if weights.is_file() else None
     reference = InstructUEModel.from_pretrained(model_dir)  # as trained: unmerged LoRA, sdpa attention
     export_copy = _load_export_copy(model_dir)
-    if sha256_file(model_dir / WEIGHTS_FILE) != weights_sha256:
-        raise ExportError(f"{model_dir / WEIGHTS_FILE} changed while it was loaded (a training run saving?); retry")
+    if model_files_stamp(model_dir) != stamp:  # rewritten or replaced: the hash above is not of what was loaded
+        raise ExportError(f"{model_dir} changed while it was loaded (a training run saving?); retry")
     catalog = _catalog_texts(model_dir)
     random_users, real_users, random_items, item_texts = _parity_cases(reference, catalog, parity_features)
     backbone = export_copy.llm.get_base_model()
