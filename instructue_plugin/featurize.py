@@ -242,11 +242,7 @@ def featurize(features: Any, *, max_items_per_source: int) -> list[UserBehaviour
                 if not _is_null(cell):
                     _list_cell(cell, column=source.column(f.name), row=row)
                 if _is_null(cell) or len(cell) != len(ts):
-                    got = "null" if _is_null(cell) else len(cell)
-                    raise DataValidationError(
-                        f"row {row}: column {source.column(f.name)!r} has {got} items but "
-                        f"{source.ts_column!r} has {len(ts)}; list columns of a source must align"
-                    )
+                    raise _misaligned(source, f.name, row, items="null" if _is_null(cell) else len(cell), times=len(ts))
                 values[f.name] = cell
             finite_ts = ts[np.isfinite(ts)]
             if finite_ts.size:
@@ -320,10 +316,15 @@ def _require_no_items(field_values: dict[str, list[Any]], source: Any, row: int)
     for name, values in field_values.items():
         cell = values[row]
         if not _is_null(cell) and len(_list_cell(cell, column=source.column(name), row=row)):
-            raise DataValidationError(
-                f"row {row}: column {source.column(name)!r} has {len(cell)} items but {source.ts_column!r} has "
-                "none; list columns of a source must align"
-            )
+            raise _misaligned(source, name, row, items=len(cell), times="none")
+
+
+def _misaligned(source: Any, name: str, row: int, *, items: int | str, times: int | str) -> DataValidationError:
+    """The error for a row whose list column `name` of `source` does not align with the source's item times."""
+    return DataValidationError(
+        f"row {row}: column {source.column(name)!r} has {items} items but {source.ts_column!r} has {times}; list "
+        "columns of a source must align"
+    )
 
 
 def _text(value: Any) -> str:
