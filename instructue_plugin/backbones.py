@@ -14,13 +14,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import ModelConfig
-from .errors import MissingPackageError
+from .errors import CorruptModelError, MissingPackageError
+from .logs import quiet_loggers
 from .settings import cache_dir
 
 if TYPE_CHECKING:
@@ -112,8 +114,30 @@ def load_pretrained_llm(config: ModelConfig) -> PreTrainedModel:
         hf_config.num_hidden_layers = config.num_layers
         if getattr(hf_config, "layer_types", None):
             hf_config.layer_types = hf_config.layer_types[: config.num_layers]
-    model = AutoModelForCausalLM.from_pretrained(source, config=hf_config, dtype=torch.float32)
+    with quiet_loggers("transformers.modeling_utils"):  # its load report tables every skipped layer's keys
+        model, loading = AutoModelForCausalLM.from_pretrained(
+            source, config=hf_config, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True
+        )  # mismatched shapes are refused below, by name
+    _check_backbone_weights(loading, source=source, kept_layers=hf_config.num_hidden_layers)
     return model
+
+
+def _check_backbone_weights(loading: dict[str, Any], *, source: Path, kept_layers: int) -> None:
+    """Refuse a checkpoint that lacks backbone weights or holds them in other shapes (transformers would start
+    them from random values), and name any unexpected weight other than the layers cut by `num_layers`."""
+    wrong = sorted(loading["missing_keys"]) + sorted(str(each[0]) for each in loading["mismatched_keys"])
+    if wrong:
+        shown = ", ".join(wrong[:5]) + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else "")
+        raise CorruptModelError(f"{source} lacks backbone weights or holds them in other shapes: {shown}")
+    unused = sorted(key for key in loading["unexpected_keys"] if not _in_cut_layer(key, kept_layers))
+    if unused:
+        logger.warning("%s holds %d weights the backbone does not use, e.g. %s", source, len(unused), unused[0])
+
+
+def _in_cut_layer(key: str, kept_layers: int) -> bool:
+    """Whether a checkpoint key belongs to a decoder layer at or past `kept_layers` (cut by `num_layers`)."""
+    match = re.search(r"(?:^|\.)layers\.(\d+)\.", key)
+    return match is not None and int(match.group(1)) >= kept_layers
 
 
 def tiny_llm_config(config: ModelConfig, *, vocab_size: int) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from .errors import ConfigError, InstructUEError
 from .example_inputs import example_feature_rows, item_inputs, random_graph_inputs, real_graph_inputs
 from .featurize import featurize
 from .item_cache import CACHE_TEXTS_FILE, ItemVectorCache
+from .logs import quiet_loggers
 from .manifest import (
     EXPORT_FORMAT,
     ITEM_GRAPH_FILE,
@@ -60,7 +61,6 @@ from .onnx_int8 import (
     SMOOTHING_ALPHA,
     int8_parity,
     quantize_int8,
-    quiet_loggers,
     recording_activation_peaks,
     smooth_activations,
     split_outlier_channels,

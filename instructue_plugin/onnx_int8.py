@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
+from .logs import quiet_loggers
 from .manifest import USER_GRAPH_FILE, USER_GRAPH_INT8_FILE, USER_OUTPUT
 from .onnx_runtime import cpu_session
 
@@ -292,21 +293,6 @@ def quantize_int8(
             use_external_data_format=large,
         )
     return {"quantized": len(weighted) - len(excluded), "kept_fp32": len(excluded), "kept_fp32_nodes": excluded}
-
-
-@contextlib.contextmanager
-def quiet_loggers(*names: str) -> Iterator[None]:
-    """Raise the named loggers ("" is the root) to ERROR for a while: the exporter's and quantizer's libraries log
-    every pass and skipped tensor at INFO."""
-    loggers = [logging.getLogger(name) if name else logging.getLogger() for name in names]
-    levels = [each.level for each in loggers]
-    for each in loggers:
-        each.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for each, level in zip(loggers, levels, strict=True):
-            each.setLevel(level)
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -455,6 +455,40 @@ def test_the_config_seed_alone_sets_the_initial_trainable_weights(tmp_path):
     assert not torch.equal(lora_a(seed=1, prior=10), lora_a(seed=2, prior=10))
 
 
+def _saved_tiny_llm(folder):
+    from instructue_plugin.backbones import build_llm, tiny_llm_config
+
+    llm = build_llm(tiny_llm_config(config_for_preset("tiny"), vocab_size=49152), seed=0)
+    llm.save_pretrained(folder)
+    return llm
+
+
+def test_a_backbone_cut_to_fewer_layers_loads_its_first_layers_without_a_load_report(tmp_path, capfd):
+    from instructue_plugin.backbones import load_pretrained_llm
+
+    full = _saved_tiny_llm(tmp_path / "llm")
+    capfd.readouterr()
+    cut = load_pretrained_llm(config_for_preset(f"hf:{tmp_path / 'llm'}", num_layers=1))
+    assert len(cut.model.layers) == 1
+    assert torch.equal(cut.model.layers[0].mlp.up_proj.weight, full.model.layers[0].mlp.up_proj.weight)
+    # transformers writes its report to stderr itself; the skipped layer 1 is expected, not news
+    assert "UNEXPECTED" not in capfd.readouterr().err
+
+
+def test_a_backbone_checkpoint_lacking_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from instructue_plugin.backbones import load_pretrained_llm
+
+    _saved_tiny_llm(tmp_path / "llm")
+    weights_file = tmp_path / "llm" / "model.safetensors"
+    weights = load_file(weights_file)
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    with pytest.raises(CorruptModelError, match=r"lacks backbone weights.*layers\.1\.mlp\.up_proj"):
+        load_pretrained_llm(config_for_preset(f"hf:{tmp_path / 'llm'}"))  # not random values in their place
+
+
 def test_a_cut_answer_is_not_taught_to_end(model, rows):
     users = featurize(select_rows(rows, [0, 2]), max_items_per_source=model.config.max_items_per_source)
     limit = model.config.max_answer_tokens
