@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,8 +34,20 @@ EXPECTED_PROVIDER = {
     "cuda_fp32": "CUDAExecutionProvider",
     "cuda_fp16": "CUDAExecutionProvider",
 }
-# Dense fp16/bf16 tensor-core peaks (TFLOP/s, no sparsity) by the name nvidia-smi prints.
-PEAK_FP16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0, "T4": 65.0}
+# Dense fp16/bf16 tensor-core peaks (TFLOP/s, no sparsity) by the name nvidia-smi prints, most specific first:
+# whole words, so that "L4" is not read in "L40" nor "H100" in "H100 PCIe".
+PEAK_FP16_TFLOPS = (
+    (r"\bH200\b", 989.0),
+    (r"\bH100\b.*\bPCIe\b", 756.0),
+    (r"\bH100\b.*\bNVL\b", 835.0),
+    (r"\bH100\b", 989.0),  # SXM
+    (r"\bA100\b", 312.0),
+    (r"\bL40S\b", 362.0),
+    (r"\bL40\b", 181.0),
+    (r"\bL4\b", 121.0),
+    (r"\bA10\b", 125.0),
+    (r"\bT4\b", 65.0),
+)
 
 
 def gpu_name() -> str:
@@ -48,8 +61,9 @@ def gpu_name() -> str:
 
 
 def peak_tflops(name: str) -> float | None:
-    for key, value in PEAK_FP16_TFLOPS.items():  # H200 before H100 before A100 ...: first match wins
-        if key in name:
+    """The card's dense fp16 tensor-core peak from its nvidia-smi name; None for a card not in the table."""
+    for pattern, value in PEAK_FP16_TFLOPS:
+        if re.search(pattern, name, flags=re.IGNORECASE):
             return value
     return None
 
