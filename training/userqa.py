@@ -66,8 +66,11 @@ def _names(values: Any) -> list[str]:
 
 
 def _items(row: pd.Series, column: str) -> list:
+    """A list cell's items; a null cell (None, NaN or pd.NA: no row of that source yet at the cut-off) has none."""
     value = row.get(column)
-    return [] if value is None or (isinstance(value, float) and np.isnan(value)) else list(value)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return list(value)
+    return [] if value is None or pd.isna(value) else list(value)
 
 
 # ----- future behaviour ------------------------------------------------------------------------------
