@@ -23,9 +23,18 @@ LABELS = "labels.parquet"
 LATEST = pd.Timestamp("2200-01-01", tz="UTC")
 
 
-def _require(path: Path, what: str) -> Path:
+# What puts each part of a data folder in place (README: "Bring your own data").
+_HOW_TO_MAKE = {
+    SNAPSHOTS: "build it from raw logs with `instructue snapshots --raw DATA/raw --out DATA`, or generate a "
+    "data folder with `instructue synth`",
+    RAW: "UserQA and the evaluation read the raw logs there: put them at DATA/raw/<source>/*.parquet",
+    LABELS: "add a labels.parquet with the columns user_id and split (train/eval)",
+}
+
+
+def _require(path: Path, what: str, part: str) -> Path:
     if not path.exists():
-        raise DataValidationError(f"{what} not found at {path}; generate data with `instructue synth` first")
+        raise DataValidationError(f"{what} not found at {path}; {_HOW_TO_MAKE[part]}")
     return path
 
 
@@ -43,10 +52,10 @@ def snapshot_tables(data_dir: Path) -> dict[str, Path]:
     Raises:
         DataValidationError: a table is missing or lacks a column of the schema (data of other definitions).
     """
-    snapshots = _require(Path(data_dir) / SNAPSHOTS, "snapshots folder")
+    snapshots = _require(Path(data_dir) / SNAPSHOTS, "snapshots folder", SNAPSHOTS)
     tables = {}
     for source in [*SEQUENCE_SOURCES, PROFILE]:
-        path = _require(snapshots / f"{source.name}.parquet", f"snapshot table {source.name!r}")
+        path = _require(snapshots / f"{source.name}.parquet", f"snapshot table {source.name!r}", SNAPSHOTS)
         present = set(pq.read_schema(path).names)
         missing = [c for c in (ENTITY_KEY, TIMESTAMP_COLUMN, *source.feature_columns) if c not in present]
         if missing:
@@ -64,7 +73,7 @@ def read_labels(data_dir: Path, *, required: tuple[str, ...] = (ENTITY_KEY, "spl
     Raises:
         DataValidationError: no labels.parquet, or it lacks a `required` column.
     """
-    path = _require(Path(data_dir) / LABELS, "labels.parquet")
+    path = _require(Path(data_dir) / LABELS, "labels.parquet", LABELS)
     labels = pd.read_parquet(path)
     missing = [column for column in required if column not in labels.columns]
     if missing:
@@ -109,7 +118,7 @@ def raw_events(data_dir: Path, source: str, *, user_ids: list[int] | None = None
     A source with no raw log gives an empty frame with the source's columns (`instructue snapshots` accepts
     missing sources too).
     """
-    files = raw_files(_require(Path(data_dir) / RAW, "raw logs folder"), source)
+    files = raw_files(_require(Path(data_dir) / RAW, "raw logs folder", RAW), source)
     if not files:
         spec = SEQUENCE_BY_NAME[source]
         columns = {ENTITY_KEY: pd.Series(dtype="int64"), TIMESTAMP_COLUMN: pd.Series(dtype="datetime64[us, UTC]")}
@@ -159,7 +168,7 @@ def _utc_time(kind: str) -> str:
 
 def last_event_time(data_dir: Path) -> pd.Timestamp:
     """Time of the newest raw event over the five sequence sources."""
-    raw = _require(Path(data_dir) / RAW, "raw logs folder")
+    raw = _require(Path(data_dir) / RAW, "raw logs folder", RAW)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     newest = []

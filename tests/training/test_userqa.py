@@ -112,6 +112,18 @@ def test_snapshots_built_from_raw_logs_give_userqa_for_users_without_rows_at_ear
     assert "activity_rhythm" in set(triplets["family"])
 
 
+@pytest.mark.parametrize(
+    ("removed", "says"),
+    [("raw", r"raw logs folder not found.*put them at DATA/raw"), ("labels.parquet", r"user_id and split")],
+)
+def test_a_data_folder_missing_a_part_says_how_to_make_it(small_data, tmp_path, removed, says):
+    data = shutil.copytree(small_data, tmp_path / "data")
+    target = data / removed
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(DataValidationError, match=says):
+        build_userqa(data, seed=0, progress=False)
+
+
 def test_next_category_ranks_by_payments_when_amounts_are_missing():
     nan = float("nan")
     bills = pd.DataFrame({"category": ["travel", "beauty", "beauty", ""], "amount": [nan, nan, nan, nan]})
