@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 from instructue_plugin.config import config_for_preset
 from instructue_plugin.errors import ConfigError, DataValidationError
 from instructue_plugin.featurize import UserBehaviour, featurize
+from instructue_plugin.manifest import sha256_file
 from instructue_plugin.model import InstructUEModel
 from instructue_plugin.schema import ENTITY_KEY, TIMESTAMP_COLUMN
 
-from .data import features_asof
+from .data import LABELS, features_asof
 from .losses import answer_cross_entropy, false_negative_mask, info_nce
 from .userqa import build_userqa, instruction_catalog_path, write_userqa
 
@@ -153,7 +154,9 @@ def _run_settings(config: TrainConfig) -> dict[str, object]:
     return config.model_dump(mode="json", exclude=RESUMABLE_CHANGES)
 
 
-def _check_resumable(state: dict, config: TrainConfig, model: InstructUEModel, checkpoint_path: Path) -> None:
+def _check_resumable(
+    state: dict, config: TrainConfig, model: InstructUEModel, checkpoint_path: Path, labels_sha256: str
+) -> None:
     """Refuse to resume a checkpoint of another run; say when a new `steps` restarts the LR schedule.
 
     Raises:
@@ -165,6 +168,11 @@ def _check_resumable(state: dict, config: TrainConfig, model: InstructUEModel, c
         if changed:
             details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise ConfigError(f"{checkpoint_path} was written by a run with other settings ({details})")
+    if state.get("labels_sha256") not in (None, labels_sha256):
+        raise ConfigError(
+            f"{checkpoint_path} was trained on a data folder of other users ({config.data / LABELS} differs from "
+            "the run's): resume with the run's data folder (a moved copy is fine), or train into a new --out"
+        )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(state["trainable"]) != trainable:
         raise ConfigError(f"{checkpoint_path} holds other trainable parameters than this model (another preset?)")
@@ -181,6 +189,11 @@ def _check_resumable(state: dict, config: TrainConfig, model: InstructUEModel, c
             after,
             step,
         )
+
+
+def _labels_sha256(config: TrainConfig) -> str:
+    """The data folder's identity as a checkpoint records it: its users and splits, wherever the folder lies."""
+    return sha256_file(config.data / LABELS)
 
 
 def lr_factor(step: int, *, warmup: int, total: int) -> float:
@@ -303,9 +316,10 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
     step_module, optimizer, scheduler = accelerator.prepare(step_module, optimizer, scheduler)
 
     start_step, history = 0, []
+    labels_sha256 = _labels_sha256(config)
     if config.resume:
         state = torch.load(checkpoint_path, weights_only=False)
-        _check_resumable(state, config, model, checkpoint_path)
+        _check_resumable(state, config, model, checkpoint_path, labels_sha256)
         model.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -337,6 +351,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
             "cuda_rng": cuda_rng,
             "history": [record for record in history if record["step"] <= step],
             "settings": _run_settings(config),
+            "labels_sha256": labels_sha256,
             "steps": config.steps,
         }
         torch.save(state, checkpoint_path.with_suffix(".tmp"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 import torch
@@ -172,6 +174,18 @@ def test_resume_refuses_other_settings_and_warns_of_a_schedule_restart(small_dat
     torch.save(state, checkpoint)
     with pytest.raises(ConfigError, match="other trainable parameters"):
         train(_config(small_data, small_userqa, out, resume=True, steps=8), progress=False)
+
+
+def test_resume_refuses_a_data_folder_of_other_users_but_takes_a_moved_copy(small_data, small_userqa, tmp_path):
+    out = tmp_path / "run"
+    train(_config(small_data, small_userqa, out, steps=2), progress=False)
+    moved = shutil.copytree(small_data, tmp_path / "moved")
+    train(_config(moved, small_userqa, out, steps=3, resume=True), progress=False)
+    other = shutil.copytree(small_data, tmp_path / "other")
+    labels = pd.read_parquet(other / "labels.parquet")
+    labels.iloc[: len(labels) // 2].to_parquet(other / "labels.parquet")  # other users
+    with pytest.raises(ConfigError, match="data folder of other users"):
+        train(_config(other, small_userqa, out, steps=4, resume=True), progress=False)
 
 
 def test_max_items_per_source_overrides_the_preset(small_data, small_userqa, tmp_path):
