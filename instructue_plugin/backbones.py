@@ -65,8 +65,10 @@ def smollm2_dir() -> Path:
     plain.load_state_dict(quantized.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_CACHE_NAME}-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the cache from another user sharing it
     plain.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    shutil.copymode(staging / "config.json", staging / "model.safetensors")  # safetensors writes 0600
     try:
         os.replace(staging, target)  # atomic: a concurrent converter either wins or finds the folder ready
     except OSError:

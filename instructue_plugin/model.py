@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -416,6 +417,8 @@ class InstructUEModel(nn.Module):
         self.item_tokenizer.save(str(folder / ITEM_TOKENIZER_FILE))
         self.item_cache.save(folder)
         (folder / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
+        # safetensors writes its file owner-only (0600): a server running as another user could not load it.
+        shutil.copymode(folder / CONFIG_FILE, folder / WEIGHTS_FILE)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> InstructUEModel:

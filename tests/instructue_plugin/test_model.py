@@ -157,6 +157,19 @@ def test_save_then_load_gives_bit_identical_embeddings(model, embedder, rows, tm
     assert np.array_equal(loaded.embed(rows), embedder.embed(rows))
 
 
+def test_a_saved_model_is_readable_by_other_users_under_the_usual_umask(model, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        model.save_pretrained(tmp_path / "model")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "model").iterdir() if p.is_file()}
+    assert modes and all(mode & 0o044 == 0o044 for mode in modes.values()), modes  # a server of another user
+
+
 def test_a_served_folder_has_lora_merged_and_embeds_as_trained(rows, tmp_path):
     trained = InstructUEModel.create(config_for_preset("tiny")).eval()
     torch.manual_seed(0)
