@@ -92,7 +92,7 @@ def run_demo(
     from .evaluate.report import write_report
     from .evaluate.runner import BINARY_TASKS, EvalSettings, evaluate
     from .synth import generate
-    from .trainer import TrainConfig, train
+    from .trainer import TrainConfig, checkpoint_file, train
 
     paths = paths or DemoPaths.default()
     started = time.monotonic()
@@ -107,8 +107,21 @@ def run_demo(
 
     done = _step(echo, f"2. UserQA + training the {preset} preset for {steps} steps -> {paths.model}")
     if not (paths.model / "model.safetensors").exists():
-        shutil.rmtree(paths.model, ignore_errors=True)
-        train(TrainConfig(data=paths.data, out=paths.model, preset=preset, steps=steps, warmup_steps=min(15, steps)))
+        resume = checkpoint_file(paths.model).exists()  # an interrupted demo continues its run
+        if resume:
+            echo("   continuing the interrupted run from its checkpoint")
+        else:
+            shutil.rmtree(paths.model, ignore_errors=True)
+        train(
+            TrainConfig(
+                data=paths.data,
+                out=paths.model,
+                preset=preset,
+                steps=steps,
+                warmup_steps=min(15, steps),
+                resume=resume,
+            )
+        )
     echo(f"   loss curve: {paths.model / 'losses.png'}")
     done()
 

@@ -191,6 +191,11 @@ def _check_resumable(
         )
 
 
+def checkpoint_file(out: Path) -> Path:
+    """Where a run into `out` keeps the state `--resume` continues from."""
+    return Path(out) / "checkpoint" / CHECKPOINT_FILE
+
+
 def _labels_sha256(config: TrainConfig) -> str:
     """The data folder's identity as a checkpoint records it: its users and splits, wherever the folder lies."""
     return sha256_file(config.data / LABELS)
@@ -248,7 +253,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     out = Path(config.out)
-    checkpoint_path = out / "checkpoint" / CHECKPOINT_FILE
+    checkpoint_path = checkpoint_file(out)
     if out.exists() and not config.resume:
         present = {p.name for p in out.iterdir()}
         if present - UNSTARTED_RUN_FILES:
@@ -423,6 +428,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
                 break
     except KeyboardInterrupt:
         save_checkpoint(completed())
+        logger.warning("interrupted after step %d: checkpoint saved; rerun with --resume to continue", completed())
         raise
     finally:
         bar.close()

@@ -5,9 +5,14 @@ from __future__ import annotations
 import math
 import shutil
 
+import pandas as pd
+import pytest
+
 from tests.feast_repo.conftest import REPO_SOURCE
 from training.demo import DemoPaths, run_demo
 from training.evaluate.report import BinaryScore, MetricsFile
+from training.synth import generate
+from training.trainer import TrainConfig, train
 
 
 def test_demo_runs_every_step_and_shows_two_users(tmp_path, monkeypatch):
@@ -20,9 +25,21 @@ def test_demo_runs_every_step_and_shows_two_users(tmp_path, monkeypatch):
         repo=repo,
         report=tmp_path / "report",
     )
+    # A demo interrupted while training (Ctrl-C after step 2) continues that run when started again.
+    generate(paths.data, users=300, seed=0, progress=False)
+
+    def interrupt(step: int) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(data=paths.data, out=paths.model, preset="tiny", steps=3, warmup_steps=3), on_step=interrupt)
+
     lines: list[str] = []
     run_demo(echo=lines.append, paths=paths, preset="tiny", users=300, steps=3, eval_users=120)
     text = "\n".join(lines)
+    assert "continuing the interrupted run" in text
+    assert pd.read_csv(paths.model / "losses.csv")["step"].tolist() == [1, 2, 3]
 
     assert (paths.report / "report.md").exists() and (paths.export / "manifest.json").exists()
     metrics = MetricsFile.model_validate_json((paths.report / "metrics.json").read_text())
