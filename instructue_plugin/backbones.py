@@ -17,12 +17,13 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import ModelConfig
 from .errors import CorruptModelError, MissingPackageError
-from .logs import quiet_loggers
+from .logs import dropping_records
 from .settings import cache_dir
 
 if TYPE_CHECKING:
@@ -116,24 +117,30 @@ def load_pretrained_llm(config: ModelConfig) -> PreTrainedModel:
         hf_config.num_hidden_layers = config.num_layers
         if getattr(hf_config, "layer_types", None):
             hf_config.layer_types = hf_config.layer_types[: config.num_layers]
-    with quiet_loggers("transformers.modeling_utils"):  # its load report tables every skipped layer's keys
-        model, loading = AutoModelForCausalLM.from_pretrained(
-            source, config=hf_config, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True
+    kept_layers = hf_config.num_hidden_layers
+    return _load_checked(
+        AutoModelForCausalLM, source, lambda key: _in_cut_layer(key, kept_layers), config=hf_config, dtype=torch.float32
+    )
+
+
+def _load_checked(model_class: Any, source: Path, skipped: Callable[[str], bool], **kwargs: Any) -> PreTrainedModel:
+    """`model_class.from_pretrained(source, **kwargs)` without transformers' load report, checked instead.
+
+    A checkpoint that lacks weights or holds them in other shapes is refused (transformers would start them from
+    random values); unused weights other than those `skipped` says are left out on purpose are named in a warning.
+    """
+    with dropping_records("transformers.modeling_utils", "LOAD REPORT"):  # it tables every key left out on purpose
+        model, loading = model_class.from_pretrained(
+            source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )  # mismatched shapes are refused below, by name
-    _check_backbone_weights(loading, source=source, kept_layers=hf_config.num_hidden_layers)
-    return model
-
-
-def _check_backbone_weights(loading: dict[str, Any], *, source: Path, kept_layers: int) -> None:
-    """Refuse a checkpoint that lacks backbone weights or holds them in other shapes (transformers would start
-    them from random values), and name any unexpected weight other than the layers cut by `num_layers`."""
     wrong = sorted(loading["missing_keys"]) + sorted(str(each[0]) for each in loading["mismatched_keys"])
     if wrong:
         shown = ", ".join(wrong[:5]) + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else "")
-        raise CorruptModelError(f"{source} lacks backbone weights or holds them in other shapes: {shown}")
-    unused = sorted(key for key in loading["unexpected_keys"] if not _in_cut_layer(key, kept_layers))
+        raise CorruptModelError(f"{source} lacks weights of the model or holds them in other shapes: {shown}")
+    unused = sorted(key for key in loading["unexpected_keys"] if not skipped(key))
     if unused:
-        logger.warning("%s holds %d weights the backbone does not use, e.g. %s", source, len(unused), unused[0])
+        logger.warning("%s holds %d weights the model does not use, e.g. %s", source, len(unused), unused[0])
+    return model
 
 
 def _in_cut_layer(key: str, kept_layers: int) -> bool:
@@ -197,7 +204,8 @@ def load_item_encoder(config: ModelConfig) -> tuple[Any, Tokenizer]:
     if config.item_encoder == "tiny":
         return build_item_encoder(tiny_item_encoder_config(tokenizer.get_vocab_size()), seed=config.seed), tokenizer
     # No pooler: ItemEncoder mean-pools `last_hidden_state`, and `build_item_encoder` (reload) has none either.
-    return BertModel.from_pretrained(folder, add_pooling_layer=False).eval(), tokenizer
+    encoder = _load_checked(BertModel, folder, lambda key: key.startswith("pooler."), add_pooling_layer=False)
+    return encoder.eval(), tokenizer
 
 
 def ready_item_tokenizer(tokenizer: Tokenizer, config: ModelConfig) -> Tokenizer:

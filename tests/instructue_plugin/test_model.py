@@ -488,6 +488,16 @@ def test_a_backbone_cut_to_fewer_layers_loads_its_first_layers_without_a_load_re
     assert "UNEXPECTED" not in capfd.readouterr().err
 
 
+def test_the_packaged_item_encoder_loads_without_its_unused_pooler_reported(capfd):
+    from instructue_plugin.backbones import load_item_encoder
+
+    capfd.readouterr()
+    encoder, _ = load_item_encoder(config_for_preset("smol-cpu"))
+    assert encoder.pooler is None and not encoder.training
+    printed = capfd.readouterr().err
+    assert "UNEXPECTED" not in printed and "not sharded" not in printed
+
+
 def test_a_backbone_checkpoint_lacking_weights_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -498,7 +508,7 @@ def test_a_backbone_checkpoint_lacking_weights_is_refused(tmp_path):
     weights = load_file(weights_file)
     del weights["model.layers.1.mlp.up_proj.weight"]
     save_file(weights, weights_file, metadata={"format": "pt"})
-    with pytest.raises(CorruptModelError, match=r"lacks backbone weights.*layers\.1\.mlp\.up_proj"):
+    with pytest.raises(CorruptModelError, match=r"lacks weights of the model.*layers\.1\.mlp\.up_proj"):
         load_pretrained_llm(config_for_preset(f"hf:{tmp_path / 'llm'}"))  # not random values in their place
 
 
