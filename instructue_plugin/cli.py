@@ -251,7 +251,7 @@ def answer(
     users: Annotated[str, typer.Option(help="Comma-separated user ids.")],
     question: Annotated[str, typer.Option(help="The question.")] = "What does this user mostly spend money on?",
     at: Annotated[str | None, typer.Option(help="Point in time (ISO); default: the latest snapshot.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 40,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")] = 40,
 ) -> None:
     """Ask the model about users: it answers in words from their behaviour."""
     from .embedder import TorchEmbedder

@@ -333,9 +333,12 @@ class InstructUEModel(nn.Module):
 
         Raises:
             DataValidationError: the row has no data at all (where `embed` gives a NaN row).
+            ConfigError: `max_new_tokens` below 1.
         """
         from .featurize import featurize
 
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
         users = featurize(features_row, max_items_per_source=self.config.max_items_per_source)
         if len(users) != 1:
             raise ValueError(f"answer() takes one feature row, got {len(users)}")

@@ -374,6 +374,9 @@ def test_answer_takes_one_known_users_row(model, rows):
     unknown = {name: [None] for name in rows}
     with pytest.raises(DataValidationError, match="no data"):
         model.answer(unknown, "What does this user spend on?")
+    for budget in (0, -3, 2.5):
+        with pytest.raises(ConfigError, match="max_new_tokens must be a whole number >= 1"):
+            model.answer(select_rows(rows, [0]), "What does this user spend on?", max_new_tokens=budget)
 
 
 def test_two_embedders_of_one_model_embed_from_many_threads_as_serially(model, rows):
