@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import ModelConfig
-from .errors import CorruptModelError, MissingPackageError
+from .errors import ConfigError, CorruptModelError, MissingPackageError
 from .logs import dropping_records
 from .settings import cache_dir
 
@@ -55,7 +55,29 @@ def smollm2_dir() -> Path:
     gguf_dir = package_dir(SMOLLM2_PACKAGE)
     if not (gguf_dir / SMOLLM2_GGUF).exists():
         raise MissingPackageError(f"{gguf_dir / SMOLLM2_GGUF} is missing; reinstall with: {INSTALL_HINT}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_CACHE_NAME}-", dir=target.parent))
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write the backbone cache in {target.parent} ({error}); set INSTRUCTUE_CACHE to a writable folder"
+        ) from error
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the cache from another user sharing it
     logger.info("converting %s to a safetensors cache at %s (once, ~30 s)", SMOLLM2_GGUF, target)
+    try:
+        _convert_smollm2_gguf(gguf_dir, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        os.replace(staging, target)  # atomic: a concurrent converter either wins or finds the folder ready
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _convert_smollm2_gguf(gguf_dir: Path, folder: Path) -> None:
+    """De-quantize the packaged GGUF into a plain fp32 Hugging Face folder (weights readable like its other files)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
@@ -64,17 +86,9 @@ def smollm2_dir() -> Path:
     plain_config = {k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"}
     plain = LlamaForCausalLM(LlamaConfig(**plain_config))
     plain.load_state_dict(quantized.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_CACHE_NAME}-", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the cache from another user sharing it
-    plain.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.copymode(staging / "config.json", staging / "model.safetensors")  # safetensors writes 0600
-    try:
-        os.replace(staging, target)  # atomic: a concurrent converter either wins or finds the folder ready
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    plain.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    shutil.copymode(folder / "config.json", folder / "model.safetensors")  # safetensors writes 0600
 
 
 def minilm_dir() -> Path:

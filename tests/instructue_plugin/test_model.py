@@ -501,6 +501,32 @@ def test_the_packaged_item_encoder_loads_without_its_unused_pooler_reported(capf
     assert "UNEXPECTED" not in printed and "not sharded" not in printed
 
 
+def test_the_backbone_cache_converted_once_is_readable_by_other_users(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from instructue_plugin.backbones import smollm2_dir
+
+    monkeypatch.setenv("INSTRUCTUE_CACHE", str(tmp_path / "cache"))
+    previous = os.umask(0o022)
+    try:
+        folder = smollm2_dir()
+    finally:
+        os.umask(previous)
+    assert folder.parent == tmp_path / "cache" and [p.name for p in folder.parent.iterdir()] == [folder.name]
+    for path in [folder, *folder.iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path  # a server running as another user
+
+
+def test_an_unwritable_backbone_cache_is_a_clear_error(tmp_path, monkeypatch):
+    from instructue_plugin.backbones import smollm2_dir
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("INSTRUCTUE_CACHE", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(ConfigError, match="cannot write the backbone cache.*set INSTRUCTUE_CACHE"):
+        smollm2_dir()
+
+
 def test_a_backbone_checkpoint_lacking_weights_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
