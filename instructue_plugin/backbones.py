@@ -99,13 +99,22 @@ def minilm_dir() -> Path:
     return folder
 
 
+def hf_backbone_dir(backbone: str) -> Path:
+    """The folder of an `hf:<dir>` backbone.
+
+    Raises:
+        MissingPackageError: no Hugging Face model folder there.
+    """
+    folder = Path(backbone.removeprefix("hf:")).expanduser()
+    if not (folder / "config.json").exists():
+        raise MissingPackageError(f"no Hugging Face model folder at {folder} (config.json missing)")
+    return folder
+
+
 def _llm_source_dir(config: ModelConfig) -> Path:
     """The folder whose tokenizer (and, except for `tiny`, weights) the backbone uses."""
     if config.backbone.startswith("hf:"):
-        folder = Path(config.backbone[3:]).expanduser()
-        if not (folder / "config.json").exists():
-            raise MissingPackageError(f"no Hugging Face model folder at {folder} (config.json missing)")
-        return folder
+        return hf_backbone_dir(config.backbone)
     return smollm2_dir()
 
 

@@ -208,7 +208,8 @@ def train(
             resume=resume,
         )
     except ValidationError as error:
-        raise typer.BadParameter(str(error)) from None
+        problems = (f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_url=False))
+        raise typer.BadParameter("; ".join(problems)) from None
     folder = run_training(config)
     typer.echo(f"model saved to {folder}")
 

@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from tqdm.auto import tqdm
 
+from instructue_plugin.backbones import hf_backbone_dir
 from instructue_plugin.config import config_for_preset
-from instructue_plugin.errors import ConfigError, DataValidationError
+from instructue_plugin.errors import ConfigError, DataValidationError, MissingPackageError
 from instructue_plugin.featurize import UserBehaviour, featurize
 from instructue_plugin.manifest import sha256_file
 from instructue_plugin.model import InstructUEModel
@@ -90,7 +91,9 @@ class TrainConfig(BaseModel):
     def _known_preset(cls, value: str) -> str:
         try:
             config_for_preset(value)  # refused before UserQA is built, not after
-        except ConfigError as error:
+            if value.startswith("hf:"):
+                hf_backbone_dir(value)
+        except (ConfigError, MissingPackageError) as error:
             raise ValueError(str(error)) from None
         return value
 

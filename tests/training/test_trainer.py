@@ -143,6 +143,8 @@ def test_impossible_settings_are_refused_before_any_work(small_data, small_userq
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             _config(small_data, small_userqa, tmp_path / "run", **bad)
+    with pytest.raises(ValueError, match="no Hugging Face model folder at"):  # not after UserQA is built
+        _config(small_data, small_userqa, tmp_path / "run", preset=f"hf:{tmp_path / 'missing'}")
 
 
 def test_a_run_stopped_before_its_first_checkpoint_starts_afresh(small_data, small_userqa, tmp_path):
