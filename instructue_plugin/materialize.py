@@ -294,10 +294,10 @@ def materialize_embeddings(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     started = time.perf_counter()
     repo = Path(repo_path).expanduser().resolve()
+    store = open_store(repo)  # first: a folder that is no feature repository is told so, not what else it lacks
     instructions = load_instructions(instructions_file or repo / INSTRUCTIONS_FILE)
     model_folder = Path(model_path).expanduser().resolve() if model_path is not None else settings.model_dir()
     model_id = model_fingerprint(model_folder)
-    store = open_store(repo)
     offline_dir = _offline_copy_dir(store)
     users = latest_snapshot_times(store)
     if users.num_rows == 0:

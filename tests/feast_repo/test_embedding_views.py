@@ -550,3 +550,9 @@ def test_the_repo_instructions_file_is_valid() -> None:
     repo_file = Path(__file__).resolve().parents[2] / "feast_repo" / "instructions.yaml"
     instructions = {i.id: i.text for i in load_instructions(repo_file)}
     assert instructions["fund"] == FUND and instructions["churn"] == CHURN and instructions["general"] == ""
+
+
+def test_materializing_into_a_folder_that_is_no_feature_repository_says_so(tmp_path: Path) -> None:
+    (tmp_path / "instructions.yaml").write_text("instructions:\n  - {id: fund, text: a}\n")
+    with pytest.raises(ConfigError, match="no feature_store.yaml in"):  # not the model or instructions it lacks
+        materialize_embeddings(tmp_path, model_path=tmp_path / "no-model")
