@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import ConfigError, InstructUEError
+from .errors import ConfigError, DataValidationError, InstructUEError
 
 app = typer.Typer(
     help="InstructUE for Feast: instruction-aware user embeddings as Feast features.",
@@ -257,11 +257,19 @@ def answer(
     """Ask the model about users: it answers in words from their behaviour."""
     from .embedder import TorchEmbedder
 
-    ids, features = _user_features(data, users, at)
     embedder = TorchEmbedder.from_pretrained(model)
+    ids, features = _user_features(data, users, at)
+    unanswered = []
     for i, user_id in enumerate(ids):
-        reply = embedder.answer(features.iloc[[i]], question, max_new_tokens=max_new_tokens)
+        try:
+            reply = embedder.answer(features.iloc[[i]], question, max_new_tokens=max_new_tokens)
+        except DataValidationError as error:  # one unknown user must not cost the others their answers
+            typer.secho(f"{user_id}: error: {error}", fg=typer.colors.RED, err=True)
+            unanswered.append(user_id)
+            continue
         typer.echo(f"{user_id}: {reply}")
+    if unanswered:
+        raise typer.Exit(code=1)
 
 
 def _parse_named_paths(value: str | None) -> dict[str, Path]:

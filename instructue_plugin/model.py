@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from . import __version__
+from . import EXPORT_MANIFEST, __version__
 from .backbones import (
     build_item_encoder,
     build_llm,
@@ -460,6 +460,11 @@ def read_model_config(folder: Path) -> dict[str, Any]:
     config_path = folder / CONFIG_FILE
     if not folder.exists():
         raise ModelNotFoundError(f"no model at {folder}; train one with `instructue train` or set INSTRUCTUE_MODEL")
+    if (folder / EXPORT_MANIFEST).exists() and not (folder / WEIGHTS_FILE).exists():
+        raise ConfigError(
+            f"{folder} is an ONNX export: it embeds (instructue_plugin.load) but holds no PyTorch model; pass the "
+            "trained model folder it was exported from (answering and training need its weights and LM head)"
+        )
     if not config_path.exists() or not (folder / WEIGHTS_FILE).exists():
         raise CorruptModelError(
             f"{folder} is not a complete InstructUE model folder ({CONFIG_FILE} or {WEIGHTS_FILE} missing)"
