@@ -165,12 +165,8 @@ def _sources_fingerprint(store: FeatureStore, repo: Path) -> str:
     rows that keeps the users and their newest snapshot times is not seen (pass `force`).
     """
     digest = hashlib.sha256()
-    for name in schema.SOURCE_NAMES:
-        location = getattr(store.get_feature_view(name).batch_source, "path", None)
+    for name, path in _local_source_paths(store, repo).items():
         digest.update(name.encode())
-        path = Path(location) if location else None
-        if path is not None and not path.is_absolute():
-            path = repo / path
         if path is None or not path.exists():
             continue
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
@@ -178,6 +174,30 @@ def _sources_fingerprint(store: FeatureStore, repo: Path) -> str:
                 status = file.stat()
                 digest.update(f"{file.relative_to(path.parent)}:{status.st_size}:{status.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
+
+
+def _local_source_paths(store: FeatureStore, repo: Path) -> dict[str, Path | None]:
+    """Each of the six views' batch source as a local path (relative ones against the repo); None if not local."""
+    paths: dict[str, Path | None] = {}
+    for name in schema.SOURCE_NAMES:
+        location = getattr(store.get_feature_view(name).batch_source, "path", None)
+        if not location or "://" in location:  # a warehouse table or a remote URI
+            paths[name] = None
+            continue
+        path = Path(location)
+        paths[name] = path if path.is_absolute() else repo / path
+    return paths
+
+
+def _require_local_sources(store: FeatureStore, repo: Path) -> None:
+    """Refuse, naming them, local batch sources that do not exist (the offline store fails with its own trace)."""
+    missing = {name: path for name, path in _local_source_paths(store, repo).items() if path and not path.exists()}
+    if missing:
+        listed = ", ".join(f"{name} ({path})" for name, path in missing.items())
+        raise ConfigError(
+            f"the batch sources of {repo} are missing: {listed}; `feast apply` points them at the snapshot tables "
+            "of the data folder INSTRUCTUE_DATA named then: build them there, or apply again with the right folder"
+        )
 
 
 def _online_store_fingerprint(store: FeatureStore) -> str:
@@ -299,6 +319,7 @@ def materialize_embeddings(
     model_folder = Path(model_path).expanduser().resolve() if model_path is not None else settings.model_dir()
     model_id = model_fingerprint(model_folder)
     offline_dir = _offline_copy_dir(store)
+    _require_local_sources(store, repo)
     users = latest_snapshot_times(store)
     if users.num_rows == 0:
         raise ConfigError(

@@ -556,3 +556,12 @@ def test_materializing_into_a_folder_that_is_no_feature_repository_says_so(tmp_p
     (tmp_path / "instructions.yaml").write_text("instructions:\n  - {id: fund, text: a}\n")
     with pytest.raises(ConfigError, match="no feature_store.yaml in"):  # not the model or instructions it lacks
         materialize_embeddings(tmp_path, model_path=tmp_path / "no-model")
+
+
+def test_materialize_names_a_snapshot_table_that_is_gone(tmp_path: Path, model_dir: Path) -> None:
+    data = write_snapshot_dataset(tmp_path / "data", users=40)
+    repo = apply_repo_copy(tmp_path, data_dir=data)
+    gone = next(data.rglob("bill.parquet"))
+    gone.unlink()
+    with pytest.raises(ConfigError, match=rf"missing: bill \({gone}\)"):  # not the offline store's trace
+        materialize_embeddings(repo, model_path=model_dir, progress=False)
