@@ -90,18 +90,18 @@ def _int8_keep_fp32(option: str | None) -> tuple[str, ...]:
     return _names(option)
 
 
-def _user_features(data: Path, users: str, at: str | None) -> tuple[list[int], Any]:
-    """The `--users` ids and their feature rows from the data folder's snapshots at `at` (default: the latest)."""
+def _entity_rows(users: str, at: str | None) -> Any:
+    """The `--users` ids at `--at` (default: the latest snapshot) as entity rows, checked before any work."""
     import pandas as pd
 
-    from training.data import LATEST, features_asof
+    from training.data import LATEST
 
     ids = _parse_users(users)
     try:
         when = pd.Timestamp(at, tz="UTC") if at else LATEST
     except ValueError:  # pandas' DateParseError is a ValueError
         raise typer.BadParameter(f"--at must be a date or time such as 2026-06-30T00:00:00, got {at!r}") from None
-    return ids, features_asof(data, pd.DataFrame({"user_id": ids, "event_timestamp": [when] * len(ids)}))
+    return pd.DataFrame({"user_id": ids, "event_timestamp": [when] * len(ids)})
 
 
 @app.command()
@@ -229,11 +229,13 @@ def embed(
     import pandas as pd
 
     import instructue_plugin
+    from training.data import features_asof
 
     if out is not None and not out.expanduser().parent.is_dir():
         raise typer.BadParameter(f"--out {out}: the folder {out.expanduser().parent} does not exist")
-    ids, features = _user_features(data, users, at)
-    vectors = instructue_plugin.load(model).embed(features, instruction)
+    entities = _entity_rows(users, at)
+    ids = entities["user_id"].tolist()
+    vectors = instructue_plugin.load(model).embed(features_asof(data, entities), instruction)
     if out is not None:
         frame = pd.DataFrame({"user_id": ids, "embedding": [v.tolist() for v in vectors]})
         frame.to_parquet(out, index=False)
@@ -255,12 +257,15 @@ def answer(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")] = 40,
 ) -> None:
     """Ask the model about users: it answers in words from their behaviour."""
+    from training.data import features_asof
+
     from .embedder import TorchEmbedder
 
+    entities = _entity_rows(users, at)
     embedder = TorchEmbedder.from_pretrained(model)
-    ids, features = _user_features(data, users, at)
+    features = features_asof(data, entities)
     unanswered = []
-    for i, user_id in enumerate(ids):
+    for i, user_id in enumerate(entities["user_id"]):
         try:
             reply = embedder.answer(features.iloc[[i]], question, max_new_tokens=max_new_tokens)
         except DataValidationError as error:  # one unknown user must not cost the others their answers
