@@ -158,14 +158,14 @@ def _users_fingerprint(users: pa.Table) -> str:
     return digest.hexdigest()[:16]
 
 
-def _sources_fingerprint(store: FeatureStore, repo: Path) -> str:
+def _sources_fingerprint(sources: dict[str, Path | None]) -> str:
     """Identity of the six views' batch data: name, size and modification time of every file of each file source.
 
     A source that is not a local file or folder (e.g. a warehouse table) adds only its name: a change in its
     rows that keeps the users and their newest snapshot times is not seen (pass `force`).
     """
     digest = hashlib.sha256()
-    for name, path in _local_source_paths(store, repo).items():
+    for name, path in sources.items():
         digest.update(name.encode())
         if path is None or not path.exists():
             continue
@@ -189,9 +189,9 @@ def _local_source_paths(store: FeatureStore, repo: Path) -> dict[str, Path | Non
     return paths
 
 
-def _require_local_sources(store: FeatureStore, repo: Path) -> None:
+def _require_local_sources(sources: dict[str, Path | None], repo: Path) -> None:
     """Refuse, naming them, local batch sources that do not exist (the offline store fails with its own trace)."""
-    missing = {name: path for name, path in _local_source_paths(store, repo).items() if path and not path.exists()}
+    missing = {name: path for name, path in sources.items() if path and not path.exists()}
     if missing:
         listed = ", ".join(f"{name} ({path})" for name, path in missing.items())
         raise ConfigError(
@@ -319,7 +319,8 @@ def materialize_embeddings(
     model_folder = Path(model_path).expanduser().resolve() if model_path is not None else settings.model_dir()
     model_id = model_fingerprint(model_folder)
     offline_dir = _offline_copy_dir(store)
-    _require_local_sources(store, repo)
+    sources = _local_source_paths(store, repo)
+    _require_local_sources(sources, repo)
     users = latest_snapshot_times(store)
     if users.num_rows == 0:
         raise ConfigError(
@@ -332,7 +333,7 @@ def materialize_embeddings(
     path = state_path(repo)
     state = {} if force else _read_state(path)
     users_id = _users_fingerprint(users)
-    data_id = _sources_fingerprint(store, repo)
+    data_id = _sources_fingerprint(sources)
     online_id = _online_store_fingerprint(store)
     start: dict[str, int] = {}
     stale: list[str] = []
