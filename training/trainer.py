@@ -199,11 +199,6 @@ def checkpoint_file(out: Path) -> Path:
     return Path(out) / "checkpoint" / CHECKPOINT_FILE
 
 
-def _labels_sha256(config: TrainConfig) -> str:
-    """The data folder's identity as a checkpoint records it: its users and splits, wherever the folder lies."""
-    return sha256_file(config.data / LABELS)
-
-
 def lr_factor(step: int, *, warmup: int, total: int) -> float:
     """Linear warm-up, then cosine decay to 10 % of the peak."""
     if step < warmup:
@@ -324,7 +319,7 @@ def train(config: TrainConfig, *, progress: bool = True, on_step: Callable[[int]
     step_module, optimizer, scheduler = accelerator.prepare(step_module, optimizer, scheduler)
 
     start_step, history = 0, []
-    labels_sha256 = _labels_sha256(config)
+    labels_sha256 = sha256_file(config.data / LABELS)  # the data's identity (its users), wherever the folder lies
     if config.resume:
         state = torch.load(checkpoint_path, weights_only=False)
         _check_resumable(state, config, model, checkpoint_path, labels_sha256)
